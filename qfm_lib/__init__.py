@@ -1,0 +1,28 @@
+"""qfm_lib: the thin library behind the NR-IQA study notebooks.
+
+Modules: data (canonical datasets and converters), backbones (timm with real ImageNet weights),
+features (cached multi-stage features), metrics (PLCC/SRCC/KRCC/RMSE), splits (seeded protocol),
+pairs (semantic-noise pair mining), models/training (QFM-IQM on cached features), saliency and
+contrastive (salient-crop local-manifold learning), batch (papermill runner), cli (`qfm predict`).
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def print_versions() -> dict[str, str]:
+    """Print and return the versions that a notebook's numbers depend on (first cell of every notebook)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn",
+             "umap-learn", "matplotlib", "seaborn", "papermill"]
+    found = {"python": platform.python_version(), "qfm_lib": __version__}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    for name, ver in found.items():
+        print(f"{name:>14}: {ver}")
+    return found

@@ -1,0 +1,318 @@
+"""Datasets in one canonical form, and converters from the official release layouts.
+
+Canonical form, under the data root (``$QFM_DATA_ROOT``, default ./data):
+
+    <root>/<name>/images/...      the image files (sub-folders allowed)
+    <root>/<name>/labels.csv      image, mos[, mos_std, ref, dist_type, dist_level, sha256]
+    <root>/<name>/meta.json       (written by converters) original score range, flip, source
+
+``image`` is the path relative to images/; ``mos`` is higher-is-better. Converters flip DMOS
+(lower-is-better) releases as ``mos = lo + hi - dmos`` over the release's nominal range, which keeps
+the scale and records it in meta.json. Only LIVEC is available on these machines; the other
+converters follow each release's documented layout and are tested on fixture releases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .backbones import file_sha256
+from .paths import data_root
+
+CANONICAL_COLUMNS = ["image", "mos", "mos_std", "ref", "dist_type", "dist_level", "sha256"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: str                 # "authentic" or "synthetic" (synthetic splits group by reference)
+    score_range: tuple[float, float]
+    release_is_dmos: bool
+    citation: str
+
+
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
+    DatasetInfo("live", "synthetic", (0.0, 100.0), True,
+                "H.R. Sheikh, M.F. Sabir, A.C. Bovik, IEEE TIP 15(11), 2006"),
+    DatasetInfo("csiq", "synthetic", (0.0, 1.0), True,
+                "E.C. Larson, D.M. Chandler, J. Electronic Imaging 19(1), 2010"),
+    DatasetInfo("tid2013", "synthetic", (0.0, 9.0), False,
+                "N. Ponomarenko et al., Signal Processing: Image Communication 30, 2015"),
+    DatasetInfo("kadid10k", "synthetic", (1.0, 5.0), False,
+                "H. Lin, V. Hosu, D. Saupe, QoMEX 2019"),
+    DatasetInfo("livec", "authentic", (0.0, 100.0), False,
+                "D. Ghadiyaram, A.C. Bovik, IEEE TIP 25(1):372-387, 2016"),
+    DatasetInfo("koniq10k", "authentic", (1.0, 5.0), False,
+                "V. Hosu, H. Lin, T. Sziranyi, D. Saupe, IEEE TIP 29, 2020"),
+    DatasetInfo("spaq", "authentic", (0.0, 100.0), False,
+                "Y. Fang, H. Zhu, Y. Zeng, K. Ma, Z. Wang, CVPR 2020"),
+    DatasetInfo("livefb", "authentic", (0.0, 100.0), False,
+                "Z. Ying et al., CVPR 2020 (PaQ-2-PiQ / FLIVE)"),
+]}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded as asked; the message names the file or row."""
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def dataset_dir(name: str, root: str | Path | None = None) -> Path:
+    dataset_info(name)
+    root = Path(root) if root is not None else data_root()
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} does not exist: set QFM_DATA_ROOT to the folder that "
+                           f"holds <dataset>/labels.csv (e.g. export QFM_DATA_ROOT=../shared/data)")
+    folder = root / name
+    if not (folder / "labels.csv").is_file():
+        raise DatasetError(f"dataset {name!r} not found: {folder / 'labels.csv'} is missing. Put the "
+                           f"canonical copy there, or convert the official release with "
+                           f"qfm_lib.data.convert_release({name!r}, RELEASE_DIR, {folder}).")
+    return folder
+
+
+def validate_labels(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check a canonical label table; errors name the file and the (1-based, header=1) row."""
+    for col in ("image", "mos"):
+        if col not in table:
+            raise DatasetError(f"{source}: missing column {col!r} (has {list(table.columns)})")
+    empty = table["image"].isna() | (table["image"].astype(str).str.strip() == "")
+    if empty.any():
+        raise DatasetError(f"{source}: row {int(np.flatnonzero(empty)[0]) + 2}: empty image name")
+    mos = pd.to_numeric(table["mos"], errors="coerce")
+    if mos.isna().any():
+        row = int(np.flatnonzero(mos.isna())[0])
+        raise DatasetError(f"{source}: row {row + 2} ({table['image'].iloc[row]}): missing or "
+                           f"non-numeric MOS {table['mos'].iloc[row]!r}")
+    dup = table["image"].duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        raise DatasetError(f"{source}: row {row + 2}: duplicate image name {table['image'].iloc[row]!r}")
+    out = table.copy()
+    out["mos"] = mos.astype(float)
+    for col in CANONICAL_COLUMNS:
+        if col not in out:
+            out[col] = np.nan
+    return out
+
+
+def load_dataset(name: str, root: str | Path | None = None, verify: bool = True,
+                 limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The canonical table of `name` with an absolute `path` column.
+
+    verify: check every file exists and, where the table has sha256, that its hash matches.
+    limit: keep a seeded random subset of that many images (smoke runs), in table order.
+    """
+    folder = dataset_dir(name, root)
+    labels = folder / "labels.csv"
+    table = validate_labels(pd.read_csv(labels, dtype={"image": str}, keep_default_na=False, na_values=[""]), str(labels))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of images, got {limit}")
+        if limit < len(table):
+            keep = np.sort(np.random.default_rng(seed).choice(len(table), limit, replace=False))
+            table = table.iloc[keep].reset_index(drop=True)
+    table["path"] = [str(folder / "images" / img) for img in table["image"]]
+    if verify:
+        for row, (img, path, sha) in enumerate(zip(table["image"], table["path"], table["sha256"])):
+            if not os.path.isfile(path):
+                raise DatasetError(f"{labels}: image {img!r} listed but {path} is missing")
+            if isinstance(sha, str) and sha and file_sha256(path) != sha:
+                raise DatasetError(f"{labels}: image {img!r}: sha256 mismatch, {path} is not the "
+                                   f"file the labels were made for (corrupt or replaced)")
+    table.attrs.update(dataset=name, folder=str(folder))
+    return table
+
+
+# ----------------------------------------------------------------------------- converters
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"release layout: {what} not found at {path}")
+    return path
+
+
+def _loadmat_vector(path: Path, key: str) -> np.ndarray:
+    from scipy.io import loadmat
+
+    data = loadmat(_require(path, key))
+    if key not in data:
+        raise DatasetError(f"{path}: no variable {key!r} (has {[k for k in data if not k.startswith('__')]})")
+    return np.squeeze(data[key])
+
+
+def _mat_strings(values: np.ndarray) -> list[str]:
+    return [str(np.squeeze(v)) for v in np.ravel(values)]
+
+
+def _flip(scores, info: DatasetInfo) -> np.ndarray:
+    lo, hi = info.score_range
+    return lo + hi - np.asarray(scores, dtype=float)
+
+
+def _convert_live(release: Path) -> pd.DataFrame:
+    """LIVE Release 2: jp2k/ jpeg/ wn/ gblur/ fastfading/ imgN.bmp, dmos.mat, refnames_all.mat.
+
+    dmos.mat holds dmos and orgs (1 = reference image) for the 982 images in folder order
+    jp2k, jpeg, wn, gblur, fastfading, each folder's images numbered img1..imgN.
+    """
+    dmos = _loadmat_vector(release / "dmos.mat", "dmos")
+    orgs = _loadmat_vector(release / "dmos.mat", "orgs")
+    refs = _mat_strings(_loadmat_vector(release / "refnames_all.mat", "refnames_all"))
+    rows = []
+    for folder in ["jp2k", "jpeg", "wn", "gblur", "fastfading"]:
+        n = len(list(_require(release / folder, f"folder {folder}/").glob("img*.bmp")))
+        rows += [(f"{folder}/img{i}.bmp", folder) for i in range(1, n + 1)]
+    if len(rows) != len(dmos) or len(refs) != len(dmos):
+        raise DatasetError(f"{release}: {len(rows)} images in folders but {len(dmos)} DMOS values "
+                           f"and {len(refs)} reference names")
+    table = pd.DataFrame(rows, columns=["image", "dist_type"])
+    table["mos"] = _flip(dmos, DATASETS["live"])
+    table["ref"] = [Path(r).stem for r in refs]
+    return table[orgs == 0].reset_index(drop=True)  # reference images carry no distortion
+
+
+CSIQ_FILE_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
+                   "jpeg 2000": ("jpeg2000", "jpeg2000"), "f noise": ("fnoise", "fnoise"),
+                   "blur": ("blur", "BLUR"), "contrast": ("contrast", "contrast")}
+
+
+def _convert_csiq(release: Path) -> pd.DataFrame:
+    """CSIQ: csiq.DMOS.xlsx (sheet all_by_image: image, dst_type, dst_lev, dmos_std, dmos) and
+    dst_imgs/<folder>/<image>.<TYPE>.<level>.png."""
+    sheet = pd.read_excel(_require(release / "csiq.DMOS.xlsx", "csiq.DMOS.xlsx"),
+                          sheet_name="all_by_image")
+    rows = []
+    for i, r in sheet.iterrows():
+        kind = str(r["dst_type"]).strip().lower()
+        if kind not in CSIQ_FILE_TYPES:
+            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: unknown dst_type {r['dst_type']!r}")
+        folder, tag = CSIQ_FILE_TYPES[kind]
+        ref = str(r["image"]).strip()
+        rows.append({"image": f"{folder}/{ref}.{tag}.{int(r['dst_lev'])}.png", "ref": ref,
+                     "dist_type": folder, "dist_level": int(r["dst_lev"]),
+                     "mos": float(r["dmos"]), "mos_std": float(r["dmos_std"])})
+    table = pd.DataFrame(rows)
+    table["mos"] = _flip(table["mos"], DATASETS["csiq"])
+    return table
+
+
+def _convert_tid2013(release: Path) -> pd.DataFrame:
+    """TID2013: mos_with_names.txt ('5.51429 I01_01_1.bmp' per line), mos_std.txt,
+    distorted_images/ (file names vary in case: i01_01_1.bmp, I25_01_1.BMP)."""
+    lines = _require(release / "mos_with_names.txt", "mos_with_names.txt").read_text().split("\n")
+    pairs = [ln.split() for ln in lines if ln.strip()]
+    std_file = release / "mos_std.txt"
+    stds = [float(s) for s in std_file.read_text().split()] if std_file.exists() else [np.nan] * len(pairs)
+    files = {p.name.lower(): p for p in _require(release / "distorted_images", "distorted_images/").iterdir()}
+    rows = []
+    for n, (mos, name) in enumerate(pairs):
+        if name.lower() not in files:
+            raise DatasetError(f"mos_with_names.txt line {n + 1}: no file {name} in distorted_images/")
+        ref, dist, level = Path(name).stem.upper().split("_")
+        rows.append({"image": files[name.lower()].name, "mos": float(mos), "mos_std": stds[n],
+                     "ref": ref, "dist_type": dist, "dist_level": int(level)})
+    return pd.DataFrame(rows)
+
+
+def _convert_kadid10k(release: Path) -> pd.DataFrame:
+    """KADID-10k: dmos.csv (dist_img, ref_img, dmos, var) and images/. Despite its name the
+    'dmos' column is higher-is-better (1-5 DCR scale), so it is not flipped."""
+    csv = pd.read_csv(_require(release / "dmos.csv", "dmos.csv"))
+    parts = csv["dist_img"].str.extract(r"I\d+_(\d+)_(\d+)")
+    return pd.DataFrame({"image": csv["dist_img"], "mos": csv["dmos"], "mos_std": np.sqrt(csv["var"]),
+                         "ref": csv["ref_img"].str.replace(r"\.\w+$", "", regex=True),
+                         "dist_type": parts[0], "dist_level": parts[1].astype(float)})
+
+
+def _convert_livec(release: Path) -> pd.DataFrame:
+    """LIVE Challenge (ChallengeDB_release): Data/AllImages_release.mat, AllMOS_release.mat,
+    AllStdDev_release.mat and Images/. The first 7 entries are the rater-training images
+    (Images/trainingImages), excluded as in every published protocol."""
+    data = release / "Data"
+    names = _mat_strings(_loadmat_vector(data / "AllImages_release.mat", "AllImages_release"))
+    mos = _loadmat_vector(data / "AllMOS_release.mat", "AllMOS_release")
+    std = _loadmat_vector(data / "AllStdDev_release.mat", "AllStdDev_release")
+    if not len(names) == len(mos) == len(std):
+        raise DatasetError(f"{data}: {len(names)} names, {len(mos)} MOS, {len(std)} std values")
+    return pd.DataFrame({"image": names[7:], "mos": mos[7:], "mos_std": std[7:]})
+
+
+def _convert_koniq10k(release: Path) -> pd.DataFrame:
+    """KonIQ-10k: koniq10k_scores_and_distributions.csv (image_name, MOS, SD) and 1024x768/."""
+    csv = pd.read_csv(_require(release / "koniq10k_scores_and_distributions.csv",
+                               "koniq10k_scores_and_distributions.csv"))
+    return pd.DataFrame({"image": csv["image_name"], "mos": csv["MOS"], "mos_std": csv["SD"]})
+
+
+def _convert_spaq(release: Path) -> pd.DataFrame:
+    """SPAQ: Annotations/MOS and Image attribute scores.xlsx (Image name, MOS) and TestImage/."""
+    sheet = pd.read_excel(_require(release / "Annotations" / "MOS and Image attribute scores.xlsx",
+                                   "Annotations/MOS and Image attribute scores.xlsx"))
+    return pd.DataFrame({"image": sheet["Image name"].astype(str), "mos": sheet["MOS"]})
+
+
+def _convert_livefb(release: Path) -> pd.DataFrame:
+    """LIVE-FB (FLIVE, PaQ-2-PiQ release): labels_image.csv (name_image, mos_image) and database/."""
+    csv = pd.read_csv(_require(release / "labels_image.csv", "labels_image.csv"))
+    return pd.DataFrame({"image": csv["name_image"], "mos": csv["mos_image"]})
+
+
+# name -> (converter, images folder inside the release)
+CONVERTERS: dict[str, tuple[Callable[[Path], pd.DataFrame], str]] = {
+    "live": (_convert_live, "."), "csiq": (_convert_csiq, "dst_imgs"),
+    "tid2013": (_convert_tid2013, "distorted_images"), "kadid10k": (_convert_kadid10k, "images"),
+    "livec": (_convert_livec, "Images"), "koniq10k": (_convert_koniq10k, "1024x768"),
+    "spaq": (_convert_spaq, "TestImage"), "livefb": (_convert_livefb, "database"),
+}
+
+
+def convert_release(name: str, release_dir: str | Path, out_dir: str | Path,
+                    hash_images: bool = True) -> pd.DataFrame:
+    """Convert an official release into the canonical layout at out_dir (images hard-linked or
+    copied, labels.csv, meta.json). Returns the canonical table."""
+    info = dataset_info(name)
+    release, out = Path(release_dir), Path(out_dir)
+    if not release.is_dir():
+        raise DatasetError(f"release folder {release} does not exist")
+    convert, image_folder = CONVERTERS[name]
+    table = validate_labels(convert(release), f"{name} release at {release}")
+    sources = [release / image_folder / img for img in table["image"]]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise DatasetError(f"{name} release: {len(missing)} labelled images missing, e.g. {missing[0]}")
+    for src, img in zip(sources, table["image"]):
+        _place(src, out / "images" / img)
+    if hash_images:
+        table["sha256"] = [file_sha256(out / "images" / img) for img in table["image"]]
+    table[[c for c in CANONICAL_COLUMNS if table[c].notna().any()]].to_csv(out / "labels.csv", index=False)
+    meta = {"dataset": name, "citation": info.citation, "kind": info.kind,
+            "original_range": list(info.score_range), "release_is_dmos": info.release_is_dmos,
+            "flip": "mos = lo + hi - dmos" if info.release_is_dmos else None,
+            "source": str(release.resolve()), "n_images": len(table)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    for notice in ("README.md", "README.txt", "readme.txt", "Readme.txt", "COPYRIGHT", "LICENSE"):
+        if (release / notice).is_file():  # keep the dataset's copyright notice with any copy
+            shutil.copy2(release / notice, out / notice)
+    return table

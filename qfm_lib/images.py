@@ -1,0 +1,60 @@
+"""Decoding photos into 8-bit RGB, with clear errors for files that cannot be used.
+
+Convertible modes are handled: grayscale (L, LA, I, I;16, F), palette (P), RGBA (alpha is
+composited on white, as a viewer would show it), CMYK, 16-bit PNG (scaled to 8 bit). Corrupt,
+truncated, missing, tiny or absurdly large files raise `ImageError` naming the file.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MIN_SIDE = 32          # the backbone downsamples by 32: a smaller image has no last-stage pixel
+MAX_PIXELS = 64_000_000  # larger images are refused rather than silently resized
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used, with its path in the message."""
+
+
+def _to_uint8_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open `path` fully decoded as 8-bit RGB; raise ImageError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels; "
+                                     "downscale it first")
+                img.load()
+                rgb = _to_uint8_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+    if min(rgb.size) < min_side:
+        raise ImageError(f"{path}: image is {rgb.width}x{rgb.height}, smaller than the minimum "
+                         f"side {min_side}")
+    return rgb

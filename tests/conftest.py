@@ -1,0 +1,51 @@
+"""Shared fixtures: the real LIVEC data root and an isolated cache per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("QFM_DATA_ROOT", PROJECT.parent / "shared" / "data"))
+    if not (root / "livec" / "labels.csv").is_file():
+        pytest.fail(f"real LIVEC data not found under {root}: set QFM_DATA_ROOT (make test does)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def livec(data_root):
+    from qfm_lib.data import load_dataset
+
+    return load_dataset("livec", root=data_root)
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from qfm_lib.backbones import load_backbone
+
+    return load_backbone("tf_efficientnet_lite0")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def write_image(path: Path, size=(64, 48), mode="RGB", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    if mode == "I;16":
+        img = Image.fromarray((rng.integers(0, 65535, (size[1], size[0]))).astype(np.uint16))
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

@@ -1,0 +1,142 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import qfm_lib.features as F
+from qfm_lib.features import FeatureSpec, crop_boxes_for, extract_features
+from qfm_lib.images import ImageError, load_rgb
+
+from .conftest import write_image
+
+
+def _table(paths):
+    return pd.DataFrame({"image": [p.name for p in paths], "path": [str(p) for p in paths]})
+
+
+def _entries(tmp_path):
+    base = tmp_path / "cache" / "features"
+    return sorted(p.name for p in base.iterdir()) if base.exists() else []
+
+
+@pytest.fixture
+def small_livec(livec):
+    return livec.head(5).reset_index(drop=True)
+
+
+def test_layout_determinism_and_warm_cache(small_livec, lite0, tmp_path, monkeypatch):
+    spec = FeatureSpec(n_crops=2, crop_size=224, crop_seed=3)
+    feats = extract_features(small_livec, spec, lite0, progress=False)
+    assert feats.full.shape == (5, 2 * sum(lite0.stage_channels))
+    assert feats.crops.shape == (5, 2, feats.full.shape[1])
+    assert feats.crop_boxes.shape == (5, 2, 4)
+    assert feats.embedding().shape == (5, 1280)
+    assert (feats.stage("block3", "std") >= 0).all()
+    # warm: served from the cache without touching the backbone
+    monkeypatch.setattr(F, "_forward_views", lambda *a, **k: pytest.fail("recomputed a cached entry"))
+    again = extract_features(small_livec, spec, lite0, progress=False)
+    np.testing.assert_array_equal(feats.full, again.full)
+    np.testing.assert_array_equal(feats.crops, again.crops)
+    assert len(_entries(tmp_path)) == 2 and not any(e.endswith(".partial") for e in _entries(tmp_path))
+
+
+def test_same_numbers_as_a_direct_forward(small_livec, lite0):
+    import torch
+
+    feats = extract_features(small_livec.head(1), FeatureSpec(), lite0, progress=False)
+    x = F.to_tensor(load_rgb(small_livec["path"][0]), lite0)[None]
+    with torch.no_grad():
+        head = lite0.model.forward_features(x)
+        pooled = lite0.model.forward_head(head, pre_logits=True)
+    np.testing.assert_allclose(feats.embedding()[0], pooled[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_key_depends_on_content_and_parameters(small_livec, lite0, tmp_path):
+    extract_features(small_livec.head(2), FeatureSpec(), lite0, progress=False)
+    extract_features(small_livec.head(2), FeatureSpec(resize=256), lite0, progress=False)
+    changed = small_livec.head(2).assign(sha256=["0" * 64, small_livec["sha256"][1]])
+    extract_features(changed, FeatureSpec(), lite0, progress=False)
+    assert len(_entries(tmp_path)) == 3
+
+
+def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
+    clean = extract_features(small_livec, FeatureSpec(), lite0, progress=False, root=tmp_path / "clean")
+    calls = {"n": 0}
+    real = F._forward_views
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_forward_views", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    partial = [e for e in _entries(tmp_path) if e.endswith(".partial")]
+    assert len(partial) == 1 and len(_entries(tmp_path)) == 1  # no complete entry, one partial
+    calls["n"] = -100
+    monkeypatch.setattr(F, "_forward_views", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    resumed = extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    assert calls["n"] == -100 + 3  # chunk 0 (2 images) was reused; 3 images recomputed
+    np.testing.assert_allclose(resumed.full, clean.full, rtol=1e-6)
+    assert not any(e.endswith(".partial") for e in _entries(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
+def test_convertible_modes(tmp_path, lite0, mode):
+    path = write_image(tmp_path / f"img_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}",
+                       mode=mode)
+    assert load_rgb(path).mode == "RGB"
+    feats = extract_features(_table([path]), FeatureSpec(), lite0, progress=False)
+    assert np.isfinite(feats.full).all()
+
+
+def test_sixteen_bit_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)
+    assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
+
+
+def _bad_images(tmp_path):
+    good = write_image(tmp_path / "good.png", size=(300, 300))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not a jpeg at all")
+    truncated = tmp_path / "truncated.jpg"
+    write_image(tmp_path / "full.jpg", size=(300, 300)).rename(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:400])
+    tiny = write_image(tmp_path / "tiny.png", size=(20, 20))
+    return good, {"corrupt.jpg": corrupt, "truncated.jpg": truncated, "tiny.png": tiny,
+                  "missing.png": tmp_path / "missing.png"}
+
+
+@pytest.mark.parametrize("bad", ["corrupt.jpg", "truncated.jpg", "tiny.png", "missing.png"])
+def test_bad_image_named_and_no_partial_cache(tmp_path, lite0, bad):
+    good, bads = _bad_images(tmp_path)
+    with pytest.raises(ImageError, match=bad):
+        extract_features(_table([good, bads[bad]]), FeatureSpec(), lite0, progress=False)
+    assert _entries(tmp_path) == []
+
+
+def test_image_smaller_than_crop(tmp_path, lite0):
+    small = write_image(tmp_path / "small.png", size=(100, 120))
+    with pytest.raises(ImageError, match="small.png.*smaller than crop_size 224"):
+        extract_features(_table([small]), FeatureSpec(n_crops=2), lite0, progress=False)
+    assert not any("partial" in e for e in _entries(tmp_path))
+
+
+def test_duplicate_names_and_bad_spec(small_livec, lite0):
+    with pytest.raises(ValueError, match="duplicate image name"):
+        extract_features(pd.concat([small_livec.head(1)] * 2), FeatureSpec(), lite0, progress=False)
+    with pytest.raises(ValueError, match="n_crops"):
+        FeatureSpec(n_crops=-1)
+
+
+def test_crop_boxes_seeded_and_inside():
+    spec = FeatureSpec(n_crops=6, crop_size=224, crop_seed=1)
+    a, b = crop_boxes_for("x.png", 500, 400, spec), crop_boxes_for("x.png", 500, 400, spec)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, crop_boxes_for("y.png", 500, 400, spec))
+    assert (a[:, 0] + a[:, 2] <= 500).all() and (a[:, 1] + a[:, 3] <= 400).all()
