@@ -116,7 +116,7 @@ def load_dataset(name: str, root: str | Path | None = None, verify: bool = True,
     """
     folder = dataset_dir(name, root)
     labels = folder / "labels.csv"
-    table = validate_labels(pd.read_csv(labels, dtype={"image": str}, keep_default_na=False, na_values=[""]), str(labels))
+    table = validate_labels(pd.read_csv(labels, dtype={"image": str, "ref": str, "dist_type": str}, keep_default_na=False, na_values=[""]), str(labels))
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be a positive number of images, got {limit}")

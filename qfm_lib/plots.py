@@ -1,0 +1,61 @@
+"""Plot helpers shared by the notebooks: saving figures and tables, image galleries."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .images import load_rgb
+
+
+def save_figure(fig, out_dir: str | Path, name: str, dpi: int = 110) -> Path:
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    print(f"saved {path}")
+    return path
+
+
+def save_table(table: pd.DataFrame, out_dir: str | Path, stem: str, floatfmt: str = ".3f",
+               formats: tuple[str, ...] = ("csv", "md")) -> list[Path]:
+    """Write tables/<stem>.csv (full precision) and .md / .tex (rounded)."""
+    folder = Path(out_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = folder / f"{stem}.{fmt}"
+        if fmt == "csv":
+            table.to_csv(path, index=False)
+        elif fmt == "md":
+            path.write_text(table.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+        elif fmt == "tex":
+            path.write_text(table.to_latex(index=False, float_format=lambda v: format(v, floatfmt)))
+        written.append(path)
+    print("saved " + ", ".join(str(p) for p in written))
+    return written
+
+
+def thumbnail(path: str, side: int = 160) -> np.ndarray:
+    img = load_rgb(path)
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def pair_gallery(pairs: pd.DataFrame, paths: dict[str, str], title: str, n: int = 6,
+                 caption=lambda r: f"d={r['distance']:.2f}"):
+    """Rows of image pairs with their MOS: one pair per column, a above b."""
+    pairs = pairs.head(n)
+    fig, axes = plt.subplots(2, max(1, len(pairs)), figsize=(2.2 * max(1, len(pairs)), 5), squeeze=False)
+    for col, (_, r) in enumerate(pairs.iterrows()):
+        for row, side in enumerate("ab"):
+            ax = axes[row, col]
+            ax.imshow(thumbnail(paths[r[f"image_{side}"]]))
+            ax.set_title(f"{r[f'image_{side}']}\nMOS {r[f'mos_{side}']:.1f}", fontsize=8)
+            ax.axis("off")
+        axes[1, col].text(0.5, -0.12, caption(r), transform=axes[1, col].transAxes, ha="center", fontsize=8)
+    for ax in axes.ravel()[2 * len(pairs):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig
