@@ -41,15 +41,19 @@ def notebook_meta(path: Path) -> dict:
     return json.loads(path.read_text()).get("metadata", {}).get("qfm", {})
 
 
+def papermill_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
 def out_dir_for(profile: str) -> Path:
     return FIGURES_DIR if profile == "full" else BUILD_DIR / profile / "figures"
 
 
 def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict) -> dict:
     """Parameters to inject: profile overrides from the notebook metadata, then the user's."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(path))
+    declared = papermill_parameters(path)
     params = {"out_dir": str(out_dir), "profile": profile}
     params.update(notebook_meta(path).get("profiles", {}).get(profile, {}))
     params.update({k: v for k, v in overrides.items() if k in declared})
@@ -72,6 +76,11 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     todo = [p for p in notebooks(folder) if not only or any(p.name.startswith(o) for o in only)]
     if not todo:
         raise BatchError(f"no notebooks to run in {folder} (only={only})")
+    declared = {k for p in todo for k in papermill_parameters(p)}
+    unknown = sorted(set(overrides or {}) - declared)
+    if unknown:
+        raise BatchError(f"unknown parameter(s) {unknown}: no notebook declares them "
+                         f"(declared: {sorted(declared)})")
     times = []
     for path in todo:
         params = parameters_for(path, profile, out_dir, overrides or {})

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from qfm_lib import params as P
+from qfm_lib.analysis import nearest_neighbours, stage_summary
+from qfm_lib.pairs import KINDS, count_grid, mine_pairs
+
+
+def _toy():
+    # two semantic clusters (x far apart), quality independent of cluster
+    x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
+    mos = np.array([10.0, 90.0, 50.0, 10.5, 89.0, 20.0])
+    return x, mos, [f"im{i}" for i in range(6)]
+
+
+def test_mined_pairs_have_the_promised_properties():
+    x, mos, names = _toy()
+    table = mine_pairs(x, mos, names, dist_low=0.2, dist_high=0.6, gap_low=0.2, gap_high=0.8)
+    noise = table[table.kind == KINDS[0]]
+    contrast = table[table.kind == KINDS[1]]
+    assert {("im0", "im3"), ("im1", "im4")} <= set(zip(noise.image_a, noise.image_b))
+    assert (noise.distance > 9).all() and (noise.gap <= 2).all()
+    assert ("im0", "im1") in set(zip(contrast.image_a, contrast.image_b))
+    assert (contrast.distance < 0.5).all() and (contrast.gap >= 40).all()
+
+
+def test_count_grid_is_monotone_in_thresholds():
+    rng = np.random.default_rng(0)
+    x, mos = rng.normal(size=(60, 4)), rng.uniform(0, 100, 60)
+    grid = count_grid(x, mos, [0.95, 0.9, 0.8], [0.05, 0.1, 0.2])
+    assert (np.diff(grid.to_numpy(), axis=0) >= 0).all() and (np.diff(grid.to_numpy(), axis=1) >= 0).all()
+    with pytest.raises(ValueError, match="quantile in 0..1"):
+        mine_pairs(x, mos, list(range(60)), gap_low=1.2)
+    with pytest.raises(ValueError, match="kind must be"):
+        count_grid(x, mos, [0.9], [0.1], kind="other")
+
+
+def test_nearest_neighbours_and_summary():
+    x, mos, _ = _toy()
+    assert list(nearest_neighbours(x)) == [1, 0, 1, 4, 3, 4]
+
+
+def test_params_validation_messages():
+    schema = {"n": P.positive_int, "q": P.fraction, "stage": P.one_of("head", "all"), "qs": P.list_of(P.fraction)}
+    ok = {"n": 3, "q": 0.5, "stage": "head", "qs": [0.1], "np": np, "In": [], "_hidden": 1}
+    assert P.validate(ok, schema) == {"n": 3, "q": 0.5, "stage": "head", "qs": [0.1]}
+    bad = {"n": -2, "q": 1.5, "stage": "neck", "qs": [0.1, 2], "extra": 1}
+    with pytest.raises(P.ParameterError) as err:
+        P.validate(bad, schema)
+    message = str(err.value)
+    for part in ["unknown parameter 'extra'", "n must be a positive integer, got -2", "q must be a number in 0..1",
+                 "stage must be one of ['head', 'all'], got 'neck'", "qs[1] must be a number in 0..1"]:
+        assert part in message
+    with pytest.raises(P.ParameterError, match="'q' is not set"):
+        P.validate({"n": 1, "stage": "all", "qs": [0.1]}, schema)
