@@ -1,0 +1,77 @@
+"""Baselines: BRISQUE (natural-scene statistics + SVR retrained per split) and ridge regression on
+the frozen backbone features. Every hyperparameter is chosen on the validation part."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import Ridge
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
+from tqdm.auto import tqdm
+
+from .features import content_hashes
+from .images import load_rgb
+from .metrics import selection_score
+from .paths import cache_dir
+
+BRISQUE_VERSION = 1
+RIDGE_ALPHAS = np.logspace(-1, 5, 13)
+SVR_GRID = [(c, g) for c in (1.0, 10.0, 100.0) for g in ("scale", 0.01, 0.1)]
+
+
+def brisque_features(table: pd.DataFrame, progress: bool = True) -> np.ndarray:
+    """The 36 BRISQUE features (18 at full scale, 18 at half scale, as in Mittal et al. 2012) of
+    each image, computed by the `brisque` package's feature code; cached on disk by content hash."""
+    import cv2
+    from brisque import BRISQUE
+    from skimage.color import rgb2gray
+
+    digest = hashlib.sha256(json.dumps({"v": BRISQUE_VERSION}).encode())
+    for name, sha in zip(table["image"], content_hashes(table)):
+        digest.update(f"{name}\0{sha}\n".encode())
+    path = cache_dir() / "brisque" / f"{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.load(path)
+    extractor = BRISQUE(url=False)
+    rows = []
+    for p in tqdm(table["path"], desc="BRISQUE features", disable=not progress):
+        gray = rgb2gray(np.asarray(load_rgb(p)))
+        half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+        values = [*extractor.calculate_brisque_features(gray, 7, 7 / 6),
+                  *extractor.calculate_brisque_features(half, 7, 7 / 6)]
+        rows.append([float(np.ravel(v)[0]) for v in values])  # the package returns an object array
+    feats = np.asarray(rows, dtype=float)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, feats)
+    os.replace(tmp, path)
+    return feats
+
+
+def fit_ridge(x_tr, y_tr, x_va, y_va):
+    """Ridge on standardised features; alpha chosen on validation. Returns predict function, alpha."""
+    scaler = StandardScaler().fit(x_tr)
+    ztr, zva = scaler.transform(x_tr), scaler.transform(x_va)
+    scores = [(selection_score(Ridge(alpha=a).fit(ztr, y_tr).predict(zva), y_va), a) for a in RIDGE_ALPHAS]
+    alpha = max(scores)[1]
+    model = Ridge(alpha=alpha).fit(ztr, y_tr)
+    return (lambda x: model.predict(scaler.transform(x))), {"alpha": float(alpha)}
+
+
+def fit_svr(x_tr, y_tr, x_va, y_va):
+    """RBF SVR on standardised features (the BRISQUE regressor); C, gamma chosen on validation."""
+    scaler = StandardScaler().fit(x_tr)
+    ztr, zva = scaler.transform(x_tr), scaler.transform(x_va)
+    scores = []
+    for c, g in SVR_GRID:
+        scores.append((selection_score(SVR(C=c, gamma=g).fit(ztr, y_tr).predict(zva), y_va), str(g), c))
+    _, g, c = max(scores)
+    model = SVR(C=c, gamma=g if g == "scale" else float(g)).fit(ztr, y_tr)
+    return (lambda x: model.predict(scaler.transform(x))), {"C": c, "gamma": g}

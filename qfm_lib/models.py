@@ -1,0 +1,192 @@
+"""QFM-IQM on cached features: adaptive channel gating, semantic noisy matching, distillation.
+
+Student: x (z-scored multi-stage features) -> gate -> decoder -> quality.
+  gate(x) = x * sigmoid(W2 relu(W1 x)) * 2   (input-conditioned, per channel; identity at init)
+Semantic noisy matching (ICML form): for each training sample i, partners j from the training
+memory with |y_i - y_j| <= the gap_quantile of training gaps and feature distance >= the
+dist_quantile of training distances (similar quality, different semantics). The partner's gated
+feature perturbs the sample's: h~ = h + eps * (h_j - h); the loss asks f(h~) to stay at y_i.
+Contrastive form (earlier version, optional): pairs with similar semantics and different quality
+are pushed apart in the gated space by a hinge of margin 1 on their normalised distance.
+Distillation: extra samples (crop views) with teacher labels join the memory with weight
+`distill_weight`. Model selection: early stopping on the validation part's (SRCC + PLCC) / 2.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .analysis import pair_table
+from .metrics import selection_score
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    gated: bool = True
+    matching_weight: float = 0.0      # 0 disables semantic noisy matching
+    matching_eps: float = 0.5
+    gap_quantile: float = 0.05
+    dist_quantile: float = 0.8
+    contrastive_weight: float = 0.0   # 0 disables the contrastive form
+    distill_weight: float = 1.0
+    hidden: int = 256
+    gate_hidden: int = 64
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 80
+    patience: int = 15
+    seed: int = 0
+
+
+class QualityModel(nn.Module):
+    def __init__(self, dim: int, cfg: TrainConfig):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, cfg.gate_hidden), nn.ReLU(),
+                                  nn.Linear(cfg.gate_hidden, dim)) if cfg.gated else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate[2].weight)
+            nn.init.zeros_(self.gate[2].bias)
+        self.decoder = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(dim, cfg.hidden), nn.GELU(),
+                                     nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.sigmoid(self.gate(x)) if self.gate is not None else torch.ones_like(x)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate_values(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.select(x)).squeeze(-1)
+
+
+@dataclass
+class Trained:
+    model: QualityModel
+    mean: np.ndarray
+    std: np.ndarray
+    y_mean: float
+    y_std: float
+    config: TrainConfig
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        with torch.no_grad():
+            z = torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))
+            return self.model(z).numpy() * self.y_std + self.y_mean
+
+    def gated(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        with torch.no_grad():
+            return self.model.select(torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))).numpy()
+
+    def state(self) -> dict:
+        return {"state_dict": self.model.state_dict(), "mean": self.mean, "std": self.std, "y_mean": self.y_mean,
+                "y_std": self.y_std, "config": asdict(self.config), "best_epoch": self.best_epoch}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Trained":
+        cfg = TrainConfig(**state["config"])
+        model = QualityModel(len(state["mean"]), cfg)
+        model.load_state_dict(state["state_dict"])
+        return cls(model.eval(), state["mean"], state["std"], state["y_mean"], state["y_std"], cfg, state["best_epoch"])
+
+
+def mine_partners(z: np.ndarray, y: np.ndarray, gap_quantile: float, dist_quantile: float,
+                  similar_quality: bool = True) -> list[np.ndarray]:
+    """For each row, the rows that are (similar quality, distant) or (close, different quality)."""
+    dist, gap = pair_table(z / np.sqrt(z.shape[1]), y)
+    from scipy.spatial.distance import squareform
+    d, g = squareform(dist), squareform(gap)
+    if similar_quality:
+        mask = (g <= np.quantile(gap, gap_quantile)) & (d >= np.quantile(dist, dist_quantile))
+    else:
+        mask = (d <= np.quantile(dist, 1 - dist_quantile)) & (g >= np.quantile(gap, 1 - gap_quantile))
+    np.fill_diagonal(mask, False)
+    return [np.flatnonzero(row) for row in mask]
+
+
+def _sample_partner(partners: list[np.ndarray], idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = np.full(len(idx), -1)
+    for k, i in enumerate(idx):
+        if len(partners[i]):
+            out[k] = partners[i][rng.integers(len(partners[i]))]
+    return out
+
+
+def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                cfg: TrainConfig = TrainConfig(), x_extra: np.ndarray | None = None,
+                y_extra: np.ndarray | None = None, progress: bool = False, keep_last: bool = False) -> Trained:
+    """Train with early stopping on validation data (or keep the last epoch: keep_last);
+    deterministic for cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mean, std = x_train.mean(0), x_train.std(0)
+    std = np.where(std > 0, std, 1.0)
+    y_mean, y_std = float(y_train.mean()), float(y_train.std() or 1.0)
+    x_all, y_all = x_train, y_train
+    weight = np.ones(len(y_train))
+    if x_extra is not None:
+        x_all, y_all = np.vstack([x_train, x_extra]), np.concatenate([y_train, y_extra])
+        weight = np.concatenate([weight, np.full(len(y_extra), cfg.distill_weight)])
+    z = ((x_all - mean) / std).astype(np.float32)
+    t = ((y_all - y_mean) / y_std).astype(np.float32)
+    noisy = mine_partners(z, y_all, cfg.gap_quantile, cfg.dist_quantile) if cfg.matching_weight else None
+    contrast = mine_partners(z, y_all, cfg.gap_quantile, cfg.dist_quantile, False) if cfg.contrastive_weight else None
+    model = QualityModel(z.shape[1], cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    z_t, t_t, w_t = torch.from_numpy(z), torch.from_numpy(t), torch.from_numpy(weight.astype(np.float32))
+    zv = torch.from_numpy(((x_val - mean) / std).astype(np.float32))
+    best, best_state, best_epoch, history = -np.inf, None, 0, []
+    for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
+        model.train()
+        order = rng.permutation(len(t))
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            h = model.select(z_t[idx])
+            pred = model.decoder(h).squeeze(-1)
+            loss = (w_t[idx] * F.smooth_l1_loss(pred, t_t[idx], reduction="none")).mean()
+            if noisy is not None:
+                partner = _sample_partner(noisy, idx, rng)
+                has = partner >= 0
+                if has.any():
+                    hp = model.select(z_t[partner[has]])
+                    perturbed = h[has] + cfg.matching_eps * (hp - h[has])
+                    loss = loss + cfg.matching_weight * F.smooth_l1_loss(model.decoder(perturbed).squeeze(-1), t_t[idx][has])
+            if contrast is not None:
+                partner = _sample_partner(contrast, idx, rng)
+                has = partner >= 0
+                if has.any():
+                    gap = (model.select(z_t[partner[has]]) - h[has]).norm(dim=1) / np.sqrt(h.shape[1])
+                    loss = loss + cfg.contrastive_weight * F.relu(1.0 - gap).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            val_pred = model(zv).numpy()
+        score = selection_score(val_pred, y_val)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
+        if keep_last or score > best:
+            best, best_epoch = score, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        elif not keep_last and epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    return Trained(model.eval(), mean, std, y_mean, y_std, cfg, best_epoch, history)
+
+
+def train_fixed_epochs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, epochs: int) -> Trained:
+    """Train on all data for a fixed number of epochs (chosen beforehand on validation data)."""
+    fixed = TrainConfig(**{**asdict(cfg), "max_epochs": epochs + 1})
+    return train_model(x, y, x, y, fixed, keep_last=True)

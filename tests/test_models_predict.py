@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qfm_lib.cli import main as cli_main
+from qfm_lib.features import FeatureSpec
+from qfm_lib.models import QualityModel, TrainConfig, mine_partners, train_fixed_epochs, train_model
+from qfm_lib.predict import predict_images, save_model
+
+from .conftest import write_image
+
+
+def _synthetic(n=160, d=24, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = 50 + 15 * x[:, 0] - 10 * x[:, 1] + rng.normal(0, 2, n)  # quality lives in two channels
+    return x, y
+
+
+def test_gate_is_identity_at_init():
+    model = QualityModel(8, TrainConfig())
+    x = torch.randn(4, 8)
+    assert torch.allclose(model.select(x), x)
+
+
+def test_training_learns_and_is_deterministic():
+    x, y = _synthetic()
+    cfg = TrainConfig(max_epochs=40, patience=40, matching_weight=1.0, contrastive_weight=0.5)
+    a = train_model(x[:120], y[:120], x[120:], y[120:], cfg)
+    b = train_model(x[:120], y[:120], x[120:], y[120:], cfg)
+    np.testing.assert_array_equal(a.predict(x[120:]), b.predict(x[120:]))
+    assert np.corrcoef(a.predict(x[120:]), y[120:])[0, 1] > 0.8
+    assert 0 <= a.best_epoch < 40 and len(a.history) >= a.best_epoch + 1
+
+
+def test_partners_have_similar_quality_and_distant_features():
+    x, y = _synthetic()
+    z = (x - x.mean(0)) / x.std(0)
+    partners = mine_partners(z, y, gap_quantile=0.05, dist_quantile=0.8)
+    gaps = np.abs(y[:, None] - y[None])
+    all_gaps = gaps[np.triu_indices(len(y), 1)]
+    for i, js in enumerate(partners):
+        assert i not in js
+        assert (gaps[i, js] <= np.quantile(all_gaps, 0.05) + 1e-9).all()
+
+
+def test_final_model_roundtrip_and_predict_cli(tmp_path, lite0, capsys):
+    good = [write_image(tmp_path / "imgs" / f"ok{i}.png", size=(96, 80), seed=i) for i in range(3)]
+    bad = tmp_path / "imgs" / "broken.jpg"
+    bad.write_bytes(b"garbage")
+    from qfm_lib.features import extract_features
+
+    table = pd.DataFrame({"image": [p.name for p in good], "path": [str(p) for p in good],
+                          "mos": [20.0, 50.0, 80.0], "sha256": ["0" * 64] * 3})
+    feats = extract_features(table, FeatureSpec(), lite0, progress=False)
+    trained = train_fixed_epochs(feats.full, table["mos"].to_numpy(), TrainConfig(max_epochs=5), epochs=3)
+    path = save_model(trained, tmp_path / "m.pt", lite0.name, lite0.weights_sha256, FeatureSpec(), table)
+    scores = predict_images([tmp_path / "imgs"], path)
+    assert len(scores) == 4
+    assert scores.set_index("image").loc[str(bad), "error"].startswith(str(bad))
+    ok = scores[scores.error == ""]
+    np.testing.assert_allclose(ok["score"].to_numpy(), trained.predict(feats.full), rtol=1e-4)
+    out = tmp_path / "scores.csv"
+    assert cli_main(["predict", str(tmp_path / "imgs"), "--model", str(path), "-o", str(out)]) == 1
+    assert len(pd.read_csv(out)) == 4
+    assert cli_main(["predict", str(good[0]), "--model", str(path), "-o", str(out)]) == 0
+    assert cli_main(["predict", str(good[0]), "--model", str(tmp_path / "none.pt")]) == 2
+    assert "make figures" in capsys.readouterr().err
+
+
+def test_brisque_features_cached(livec, monkeypatch):
+    from qfm_lib import baselines
+
+    feats = baselines.brisque_features(livec.head(2), progress=False)
+    assert feats.shape == (2, 36) and np.isfinite(feats).all()
+    monkeypatch.setattr(baselines, "load_rgb", lambda p: pytest.fail("recomputed cached BRISQUE features"))
+    np.testing.assert_array_equal(baselines.brisque_features(livec.head(2), progress=False), feats)
+
+
+def test_summary_median_and_paired_test():
+    from qfm_lib.experiments import summarise
+
+    rows = [{"variant": v, "split": s, "plcc": p + s * 0.01, "srcc": p, "krcc": p, "rmse": 1 - p}
+            for s in range(10) for v, p in (("ridge", 0.8), ("better", 0.85 + 0.001 * s))]
+    table = summarise(pd.DataFrame(rows), "ridge").set_index("variant")
+    assert table.loc["ridge", "srcc_median"] == pytest.approx(0.8)
+    assert table.loc["better", "srcc_vs_ridge_p"] < 0.01 and np.isnan(table.loc["ridge", "srcc_vs_ridge_p"])
