@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -34,8 +35,7 @@ def save_model(trained: Trained, path: str | Path, backbone: str, weights_sha256
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": trained.state(), "backbone": backbone, "weights_sha256": weights_sha256,
-               "feature_spec": vars(spec) if not hasattr(spec, "__dataclass_fields__") else
-               {k: getattr(spec, k) for k in spec.__dataclass_fields__},
+               "feature_spec": asdict(spec),
                "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
                "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
                **(extra or {})}
