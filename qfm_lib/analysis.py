@@ -1,4 +1,5 @@
-"""Notebook 01's measurements: how backbone feature distance relates to the quality gap.
+"""Measurements of notebooks 01 and 03: how feature distance relates to the quality gap, and what
+a channel gate keeps.
 
 Features of each stage are z-scored per column over the images analysed, and distances are
 Euclidean divided by sqrt(dimension), so stages of different width are comparable. "all" joins
@@ -41,26 +42,54 @@ def nearest_neighbours(x: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
-def stage_summary(feats: Features, mos: np.ndarray, mos_std: np.ndarray, seed: int = 0,
-                  stages: list[str] | None = None) -> pd.DataFrame:
-    """Per stage: Spearman(distance, |ΔMOS|), nearest-neighbour vs random-pair gap, share of
-    nearest neighbours whose gap exceeds the anchor image's rater standard deviation."""
+def distance_quality_stats(x: np.ndarray, mos: np.ndarray, mos_std: np.ndarray, seed: int = 0) -> dict:
+    """For one feature matrix (rows = images, already scaled as wanted): Spearman(distance, |ΔMOS|)
+    over all pairs, the nearest neighbour's quality gap against a random other image's, and the
+    share of images whose nearest neighbour differs by more than the image's rater std."""
     rng = np.random.default_rng(seed)
     n = len(mos)
     partner = (np.arange(n) + rng.integers(1, n, n)) % n  # a random other image for each image
     random_gap = np.abs(mos - mos[partner])
+    dist, gap = pair_table(x, mos)
+    nn_gap = np.abs(mos - mos[nearest_neighbours(x)])
+    return {"dim": x.shape[1], "spearman_dist_gap": stats.spearmanr(dist, gap)[0],
+            "nn_gap_mean": nn_gap.mean(), "nn_gap_median": np.median(nn_gap),
+            "random_gap_mean": random_gap.mean(), "nn_gap_over_random": nn_gap.mean() / random_gap.mean(),
+            "share_nn_gap_gt_std": float(np.mean(nn_gap > mos_std))}
+
+
+def stage_summary(feats: Features, mos: np.ndarray, mos_std: np.ndarray, seed: int = 0,
+                  stages: list[str] | None = None) -> pd.DataFrame:
+    """distance_quality_stats per stage (and all stages joined)."""
+    return pd.DataFrame([{"stage": stage, **distance_quality_stats(stage_matrix(feats, stage), mos, mos_std, seed)}
+                         for stage in stages or [*feats.stage_names, "all"]])
+
+
+def channel_table(feats: Features) -> pd.DataFrame:
+    """One row per feature column: its stage, part (mean/std) and channel index."""
     rows = []
-    for stage in stages or [*feats.stage_names, "all"]:
-        x = stage_matrix(feats, stage)
-        dist, gap = pair_table(x, mos)
-        nn_gap = np.abs(mos - mos[nearest_neighbours(x)])
-        rows.append({"stage": stage, "dim": x.shape[1],
-                     "spearman_dist_gap": stats.spearmanr(dist, gap)[0],
-                     "nn_gap_mean": nn_gap.mean(), "nn_gap_median": np.median(nn_gap),
-                     "random_gap_mean": random_gap.mean(),
-                     "nn_gap_over_random": nn_gap.mean() / random_gap.mean(),
-                     "share_nn_gap_gt_std": float(np.mean(nn_gap > mos_std))})
+    for stage, c in zip(feats.stage_names, feats.stage_channels):
+        rows += [{"stage": stage, "part": part, "channel": i} for part in ("mean", "std") for i in range(c)]
     return pd.DataFrame(rows)
+
+
+def gate_by_channel(gates: np.ndarray, x: np.ndarray, mos: np.ndarray, feats: Features) -> pd.DataFrame:
+    """What a channel gate keeps: per column, the mean gate value over images (gates (N, D) from
+    Trained.gate_values) beside |Spearman(column, MOS)| on the same images."""
+    table = channel_table(feats)
+    table["gate_mean"] = gates.mean(0)
+    table["abs_srcc_with_mos"] = np.abs(column_spearman(x, mos))
+    return table
+
+
+def column_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation of every column of x with y (0 for constant columns)."""
+    rx = stats.rankdata(x, axis=0)
+    rx -= rx.mean(0)
+    ry = stats.rankdata(y) - (len(y) + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = rx.T @ ry / (np.linalg.norm(rx, axis=0) * np.linalg.norm(ry))
+    return np.nan_to_num(rho)
 
 
 def knn_quality_by_stage(feats: Features, mos: np.ndarray, split_table: pd.DataFrame, k: int = 10,

@@ -2,12 +2,6 @@
 the frozen backbone features. Every hyperparameter is chosen on the validation part."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
@@ -15,10 +9,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 from tqdm.auto import tqdm
 
-from .features import content_hashes
+from .cache import atomic_write, cache_path
+from .features import content_hashes, names_and_hashes
 from .images import load_rgb
 from .metrics import selection_score
-from .paths import cache_dir
 
 BRISQUE_VERSION = 1
 RIDGE_ALPHAS = np.logspace(-1, 5, 13)
@@ -32,10 +26,8 @@ def brisque_features(table: pd.DataFrame, progress: bool = True) -> np.ndarray:
     from brisque import BRISQUE
     from skimage.color import rgb2gray
 
-    digest = hashlib.sha256(json.dumps({"v": BRISQUE_VERSION}).encode())
-    for name, sha in zip(table["image"], content_hashes(table)):
-        digest.update(f"{name}\0{sha}\n".encode())
-    path = cache_dir() / "brisque" / f"{digest.hexdigest()[:24]}.npy"
+    path = cache_path("brisque", {"v": BRISQUE_VERSION}, ".npy",
+                      names_and_hashes(table["image"], content_hashes(table)))
     if path.is_file():
         return np.load(path)
     extractor = BRISQUE(url=False)
@@ -47,11 +39,7 @@ def brisque_features(table: pd.DataFrame, progress: bool = True) -> np.ndarray:
                   *extractor.calculate_brisque_features(half, 7, 7 / 6)]
         rows.append([float(np.ravel(v)[0]) for v in values])  # the package returns an object array
     feats = np.asarray(rows, dtype=float)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, feats)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.save(fh, feats))
     return feats
 
 

@@ -1,112 +1,215 @@
-"""The evaluation protocol in code: fit each variant on a split's training part, select its
-settings on the validation part, score the test part once. Results are one row per variant x split."""
+"""The evaluation protocol in code: fit each variant on a split's training part, make every choice
+on its validation part, score the test part once. One result row per variant x split, each cached
+on disk (keyed by the features, the split's assignment, the variant's settings and the code that
+computes it), so notebooks 03, 04, 05 and 06 share rows and a warm batch trains nothing."""
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .baselines import fit_ridge, fit_svr
+from .cache import atomic_write, cache_path, digest
+from .manifold import ManifoldConfig, train_crop_model
 from .metrics import iqa_metrics, selection_score
 from .models import TrainConfig, train_model
 from .splits import split_parts
 
-QFM_VARIANTS = {
-    "mlp": TrainConfig(gated=False),
-    "gated": TrainConfig(gated=True),
-    "gated+matching": TrainConfig(gated=True, matching_weight=1.0),
-    "gated+matching+contrastive": TrainConfig(gated=True, matching_weight=1.0, contrastive_weight=0.5),
-    "matching (no gate)": TrainConfig(gated=False, matching_weight=1.0),
-}
+RESULTS_VERSION = 1
 MATCHING_EPS_GRID = (0.25, 0.5)
-ALL_VARIANTS = ["brisque+svr", "ridge", *QFM_VARIANTS, "teacher (ridge on crops)", "gated+matching+distillation"]
 
 
-def fit_qfm(x_tr, y_tr, x_va, y_va, cfg: TrainConfig, **extra):
-    """Train one QFM config; when matching is on, choose eps on validation."""
-    grid = MATCHING_EPS_GRID if cfg.matching_weight else (cfg.matching_eps,)
+@dataclass(frozen=True)
+class Variant:
+    """kind: svr (on BRISQUE features), ridge, qfm (full-image student), teacher (ridge on crops),
+    distill (qfm student + teacher-labelled crop views), lmc (salient-crop local-manifold model).
+    eps_from: reuse the matching strength that this other variant chose on validation."""
+    kind: str
+    config: TrainConfig | ManifoldConfig | None = None
+    eps_from: str | None = None
+
+
+VARIANTS: dict[str, Variant] = {
+    "brisque+svr": Variant("svr"),
+    "ridge": Variant("ridge"),
+    "mlp": Variant("qfm", TrainConfig(gated=False)),
+    "gated": Variant("qfm", TrainConfig(gated=True)),
+    "matching (no gate)": Variant("qfm", TrainConfig(gated=False, matching_weight=1.0)),
+    "gated+matching": Variant("qfm", TrainConfig(gated=True, matching_weight=1.0)),
+    "gated+matching+contrastive": Variant("qfm", TrainConfig(gated=True, matching_weight=1.0, contrastive_weight=0.5),
+                                          eps_from="gated+matching"),
+    "teacher (ridge on crops)": Variant("teacher"),
+    "gated+matching+distillation": Variant("distill", TrainConfig(gated=True, matching_weight=1.0),
+                                           eps_from="gated+matching"),
+    "crop regression": Variant("lmc", ManifoldConfig(contrastive_weight=0.0, mutual_weight=0.0)),
+    "lmc": Variant("lmc", ManifoldConfig()),
+    "lmc - intra-class negatives": Variant("lmc", ManifoldConfig(intra_weight=0.0)),
+    "lmc - mutual learning": Variant("lmc", ManifoldConfig(mutual_weight=0.0)),
+}
+ALL_VARIANTS = list(VARIANTS)
+CODE_FILES = ["experiments.py", "models.py", "manifold.py", "baselines.py", "metrics.py", "saliency.py"]
+
+
+@dataclass
+class ProtocolInputs:
+    """Everything a variant may read. crops (N, K, D) and crop_order (N, K; most salient first)
+    are needed by crop-based variants; brisque (N, 36) by brisque+svr."""
+    x: np.ndarray
+    y: np.ndarray
+    splits: pd.DataFrame
+    feature_entries: dict
+    crops: np.ndarray | None = None
+    crop_order: np.ndarray | None = None
+    brisque: np.ndarray | None = None
+    n_views: int = 5
+    seed: int = 0
+    _teachers: dict = field(default_factory=dict, repr=False)
+
+    def parts(self, split: int) -> dict[str, np.ndarray]:
+        return split_parts(self.splits, split)
+
+
+def inputs_from_study(study, n_views: int = 5, seed: int = 0, brisque: bool = False,
+                      progress: bool = True) -> ProtocolInputs:
+    """ProtocolInputs of a StudyData: full features, crops and their saliency order when the
+    features have crops, BRISQUE features when asked (both cached on disk)."""
+    from .baselines import brisque_features
+    from .saliency import anchor_order, crop_saliency
+
+    feats = study.features
+    entries = {k: Path(v).name for k, v in feats.meta.items() if k.endswith("_entry")}
+    order = anchor_order(crop_saliency(study.table, feats, progress)) if feats.crops is not None else None
+    if feats.crops is not None and n_views > feats.crops.shape[1]:
+        raise ValueError(f"n_views ({n_views}) cannot exceed the number of crops ({feats.crops.shape[1]})")
+    return ProtocolInputs(feats.full, study.mos, study.splits, entries, feats.crops, order,
+                          brisque_features(study.table, progress) if brisque else None, n_views, seed)
+
+
+def fit_qfm(x_tr, y_tr, x_va, y_va, cfg: TrainConfig, eps_grid=None, **extra):
+    """Train one QFM config; with matching on, its strength eps is chosen on validation."""
+    grid = eps_grid or (MATCHING_EPS_GRID if cfg.matching_weight else (cfg.matching_eps,))
     runs = [train_model(x_tr, y_tr, x_va, y_va, replace(cfg, matching_eps=eps), **extra) for eps in grid]
-    best = max(runs, key=lambda r: selection_score(r.predict(x_va), y_va))
-    return best
+    return max(runs, key=lambda r: selection_score(r.predict(x_va), y_va))
 
 
-def teacher_labels(crops: np.ndarray, y: np.ndarray, parts: dict, n_views: int) -> tuple:
-    """Teacher: ridge on crop features (each crop labelled with its image's MOS), alpha chosen on
-    validation crops averaged per image; it labels n_views crops of each training image."""
-    tr, va = parts["train"], parts["val"]
+def fit_teacher(crops: np.ndarray, y: np.ndarray, parts: dict):
+    """Teacher: ridge on crop features (each crop labelled with its image's MOS); alpha chosen on
+    the validation images' crops. Returns predict(crop rows) and its settings."""
+    tr, va, d = parts["train"], parts["val"], crops.shape[2]
     k = crops.shape[1]
-    predict, _ = fit_ridge(crops[tr].reshape(-1, crops.shape[2]), np.repeat(y[tr], k),
-                           crops[va].reshape(-1, crops.shape[2]), np.repeat(y[va], k))
-    views = crops[tr, :n_views].reshape(-1, crops.shape[2])
-    return views, predict(views), predict
+    return fit_ridge(crops[tr].reshape(-1, d), np.repeat(y[tr], k), crops[va].reshape(-1, d), np.repeat(y[va], k))
 
 
-def run_split(x: np.ndarray, y: np.ndarray, splits: pd.DataFrame, split: int, variants: list[str],
-              brisque: np.ndarray | None = None, crops: np.ndarray | None = None, n_views: int = 5,
-              distill_base: str = "gated+matching", seed: int = 0) -> list[dict]:
-    parts = split_parts(splits, split)
-    tr, va, te = parts["train"], parts["val"], parts["test"]
-    rows, trained = [], {}
-    for variant in variants:
-        info = {}
-        if variant == "brisque+svr":
-            predict, info = fit_svr(brisque[tr], y[tr], brisque[va], y[va])
-            score = lambda rows: predict(brisque[rows])  # noqa: E731
-        elif variant == "ridge":
-            predict, info = fit_ridge(x[tr], y[tr], x[va], y[va])
-            score = lambda rows: predict(x[rows])  # noqa: E731
-        elif variant == "teacher (ridge on crops)":
-            _, _, predict = teacher_labels(crops, y, parts, n_views)
-            score = lambda rows: predict(crops[rows].reshape(-1, crops.shape[2])).reshape(len(rows), -1).mean(1)  # noqa: E731
-        elif variant.endswith("+distillation") or variant in QFM_VARIANTS:
-            extra = {}
-            if variant.endswith("+distillation"):
-                x_extra, y_extra, _ = teacher_labels(crops, y, parts, n_views)
-                extra = {"x_extra": x_extra, "y_extra": y_extra}
-            cfg = QFM_VARIANTS[distill_base if variant.endswith("+distillation") else variant]
-            model = fit_qfm(x[tr], y[tr], x[va], y[va], replace(cfg, seed=seed), **extra)
-            info = {"best_epoch": model.best_epoch, "eps": model.config.matching_eps}
-            score = lambda rows, m=model: m.predict(x[rows])  # noqa: E731
-        else:
-            raise ValueError(f"unknown variant {variant!r}")
-        metrics = iqa_metrics(score(te), y[te])  # the test part, scored once, after all selection
-        rows.append({"variant": variant, "split": split, **{k: metrics[k] for k in ("plcc", "srcc", "krcc", "rmse")},
-                     "val_score": selection_score(score(va), y[va]), "settings": str(info)})
-    return rows
+def teacher_views(crops: np.ndarray, train: np.ndarray, predict, n_views: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n_views seeded crops of each training image, with the teacher's labels."""
+    views = crops[train, :n_views].reshape(-1, crops.shape[2])
+    return views, predict(views)
 
 
-def run_protocol(x, y, splits, variants, n_splits: int = 10, progress: bool = True, **kwargs) -> pd.DataFrame:
-    rows = []
-    for i in tqdm(range(n_splits), desc="splits", disable=not progress):
-        rows += run_split(x, y, splits, i, variants, **kwargs)
-    return pd.DataFrame(rows)
+def _teacher(inp: ProtocolInputs, split: int):
+    if split not in inp._teachers:  # one fit per split, shared by the teacher and distillation rows
+        inp._teachers[split] = fit_teacher(inp.crops, inp.y, inp.parts(split))
+    return inp._teachers[split]
 
 
-def cached_protocol(key: dict, compute) -> pd.DataFrame:
-    """Results of `compute()` cached as CSV under <cache>/results/, keyed by a hash of `key`
-    (features cache entries, variants, configs, splits, code version), written atomically."""
-    import hashlib
-    import json
-    import os
-    import tempfile
+def _needs(inp: ProtocolInputs, name: str, *attrs: str) -> None:
+    for attr in attrs:
+        if getattr(inp, attr) is None:
+            raise ValueError(f"variant {name!r} needs ProtocolInputs.{attr}")
 
-    from . import __version__
-    from .paths import cache_dir
 
-    digest = hashlib.sha256(json.dumps({**key, "qfm_lib": __version__}, sort_keys=True, default=str).encode())
-    path = cache_dir() / "results" / f"{digest.hexdigest()[:24]}.csv"
+def _fit(inp: ProtocolInputs, name: str, split: int):
+    """Fit one variant on one split. Returns score(rows) -> predictions, and the chosen settings."""
+    v = VARIANTS[name]
+    parts = inp.parts(split)
+    tr, va = parts["train"], parts["val"]
+    x, y = inp.x, inp.y
+    if v.kind == "svr":
+        _needs(inp, name, "brisque")
+        predict, info = fit_svr(inp.brisque[tr], y[tr], inp.brisque[va], y[va])
+        return (lambda rows: predict(inp.brisque[rows])), info
+    if v.kind == "ridge":
+        predict, info = fit_ridge(x[tr], y[tr], x[va], y[va])
+        return (lambda rows: predict(x[rows])), info
+    if v.kind == "teacher":
+        _needs(inp, name, "crops")
+        predict, info = _teacher(inp, split)
+        d = inp.crops.shape[2]
+        return (lambda rows: predict(inp.crops[rows].reshape(-1, d)).reshape(len(rows), -1).mean(1)), info
+    if v.kind in ("qfm", "distill"):
+        extra = {}
+        if v.kind == "distill":
+            _needs(inp, name, "crops")
+            extra["x_extra"], extra["y_extra"] = teacher_views(inp.crops, tr, _teacher(inp, split)[0], inp.n_views)
+        grid = (json.loads(evaluate_row(inp, v.eps_from, split)["settings"])["eps"],) if v.eps_from else None
+        model = fit_qfm(x[tr], y[tr], x[va], y[va], replace(v.config, seed=inp.seed), grid, **extra)
+        info = {"best_epoch": model.best_epoch}
+        if v.config.matching_weight:
+            info["eps"] = model.config.matching_eps
+        return (lambda rows: model.predict(x[rows])), info
+    if v.kind == "lmc":
+        _needs(inp, name, "crops", "crop_order")
+        model = train_crop_model(inp.crops[tr], inp.crop_order[tr], y[tr], inp.crops[va], y[va],
+                                 replace(v.config, seed=inp.seed))
+        return (lambda rows: model.predict(inp.crops[rows])), {"best_epoch": model.best_epoch}
+    raise ValueError(f"unknown variant kind {v.kind!r}")
+
+
+def _code_digest() -> str:
+    here = Path(__file__).parent
+    return digest([(f, (here / f).read_text()) for f in CODE_FILES])
+
+
+def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
+    """What one result row depends on."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {ALL_VARIANTS}")
+    v = VARIANTS[name]
+    uses = {"svr": ["full_entry"], "ridge": ["full_entry"], "qfm": ["full_entry"], "lmc": ["crops_entry"],
+            "teacher": ["full_entry", "crops_entry"], "distill": ["full_entry", "crops_entry"]}[v.kind]
+    key = {"version": RESULTS_VERSION, "code": _code_digest(), "variant": name, "spec": repr(v),
+           "features": {k: inp.feature_entries.get(k) for k in uses}, "seed": inp.seed, "split": split,
+           "assignment": digest(list(zip(inp.splits["image"], inp.splits[f"split_{split}"])))}
+    if v.kind == "distill":
+        key["n_views"] = inp.n_views
+    if v.eps_from:
+        key["eps_from"] = row_key(inp, v.eps_from, split)
+    return key
+
+
+def evaluate_row(inp: ProtocolInputs, name: str, split: int) -> dict:
+    """One variant on one split: val score and test metrics (the test part scored once, after
+    every choice was made on validation). Cached."""
+    path = cache_path("results", row_key(inp, name, split), ".json")
     if path.is_file():
-        print(f"results from cache {path.name}")
-        return pd.read_csv(path)
-    table = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        table.to_csv(fh, index=False)
-    os.replace(tmp, path)
-    return table
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    score, info = _fit(inp, name, split)
+    seconds = time.perf_counter() - start
+    parts = inp.parts(split)
+    val_pred, y_val = score(parts["val"]), inp.y[parts["val"]]
+    val = iqa_metrics(val_pred, y_val)
+    test = iqa_metrics(score(parts["test"]), inp.y[parts["test"]])
+    row = {"variant": name, "split": split, **{m: test[m] for m in ("plcc", "srcc", "krcc", "rmse")},
+           "val_score": selection_score(val_pred, y_val), "val_plcc": val["plcc"], "val_srcc": val["srcc"],
+           "fit_seconds": round(seconds, 2), "settings": json.dumps(info)}
+    atomic_write(path, lambda fh: fh.write(json.dumps(row, default=float)), mode="w")
+    return row
+
+
+def evaluate(inp: ProtocolInputs, variants: list[str], n_splits: int = 10, progress: bool = True) -> pd.DataFrame:
+    """Every variant on splits 0..n_splits-1, one row each; rows come from the cache when present."""
+    jobs = [(name, split) for split in range(n_splits) for name in variants]
+    cached = sum(cache_path("results", row_key(inp, n, s), ".json").is_file() for n, s in jobs)
+    print(f"{len(jobs)} result rows: {cached} cached, {len(jobs) - cached} to compute")
+    rows = [evaluate_row(inp, name, split)
+            for name, split in tqdm(jobs, desc="variant x split", disable=not progress)]
+    return pd.DataFrame(rows)
 
 
 def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:

@@ -13,11 +13,9 @@ finished chunks; a bad image aborts with an error naming it and removes the part
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, file_sha256, load_backbone
 from .images import ImageError, load_rgb
+from .cache import atomic_write, digest
 from .paths import cache_dir
 
 FEATURE_VERSION = 1
@@ -181,21 +180,12 @@ def cache_key(names: Sequence[str], hashes: Sequence[str], backbone: Backbone, s
               "resize": spec.resize, "view": "crops" if crops else "full"}
     if crops:
         params.update(n_crops=spec.n_crops, crop_size=spec.crop_size, crop_seed=spec.crop_seed)
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for name, sha in zip(names, hashes):
-        digest.update(f"{name}\0{sha}\n".encode())
-    return digest.hexdigest()[:24]
+    return digest(params, names_and_hashes(names, hashes))
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def names_and_hashes(names: Sequence[str], hashes: Sequence[str]) -> bytes:
+    """The image list as bytes for a cache key: name and content hash per image."""
+    return "".join(f"{name}\0{sha}\n" for name, sha in zip(names, hashes)).encode()
 
 
 def _extract_entry(paths: list[Path], names: list[str], backbone: Backbone, spec: FeatureSpec,
@@ -220,7 +210,7 @@ def _extract_entry(paths: list[Path], names: list[str], backbone: Backbone, spec
             arrays = {"features": np.stack(feats) if crops else np.concatenate(feats)}
             if crops:
                 arrays["boxes"] = np.stack(boxes)
-            _save_npz_atomic(partial / f"chunk_{chunk.start:06d}.npz", **arrays)
+            atomic_write(partial / f"chunk_{chunk.start:06d}.npz", lambda fh, a=arrays: np.savez(fh, **a))
     except ImageError:
         shutil.rmtree(partial, ignore_errors=True)  # the key hashes the bad file: nothing to resume
         raise

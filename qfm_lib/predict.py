@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -14,6 +12,7 @@ import torch
 
 from . import __version__
 from .backbones import load_backbone
+from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, _StageRecorder, to_tensor
 from .images import ImageError, load_rgb
 from .models import Trained
@@ -32,18 +31,12 @@ def training_data_hash(table: pd.DataFrame) -> str:
 
 def save_model(trained: Trained, path: str | Path, backbone: str, weights_sha256: str, spec: FeatureSpec,
                table: pd.DataFrame, extra: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": trained.state(), "backbone": backbone, "weights_sha256": weights_sha256,
                "feature_spec": asdict(spec),
                "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
                "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
                **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        torch.save(payload, fh)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_model(path: str | Path = DEFAULT_MODEL) -> dict:

@@ -86,3 +86,48 @@ def test_summary_median_and_paired_test():
     table = summarise(pd.DataFrame(rows), "ridge").set_index("variant")
     assert table.loc["ridge", "srcc_median"] == pytest.approx(0.8)
     assert table.loc["better", "srcc_vs_ridge_p"] < 0.01 and np.isnan(table.loc["ridge", "srcc_vs_ridge_p"])
+
+
+def test_bank_dropout_is_seeded_unbiased_and_off_in_eval():
+    from qfm_lib.models import BankDropout
+
+    torch.manual_seed(0)
+    a = BankDropout(0.2, 64)
+    torch.manual_seed(0)
+    b = BankDropout(0.2, 64)
+    x = torch.ones(3, 5, 64)
+    torch.manual_seed(1)
+    out_a = a(x)
+    torch.manual_seed(1)
+    assert torch.equal(out_a, b(x)) and out_a.shape == x.shape
+    assert a.bank.mean().item() == pytest.approx(1.0, abs=0.02) and (a.bank == 0).float().mean().item() == pytest.approx(0.2, abs=0.02)
+    assert torch.equal(a.eval()(x), x)
+
+
+def test_distillation_views_join_training_and_gates_are_reported():
+    x, y = _synthetic()
+    rng = np.random.default_rng(3)
+    x_extra = x[:120] + rng.normal(0, 0.1, (120, x.shape[1]))
+    cfg = TrainConfig(max_epochs=10, patience=10, matching_weight=1.0, extra_per_epoch=0.5)
+    trained = train_model(x[:120], y[:120], x[120:], y[120:], cfg, x_extra=x_extra, y_extra=y[:120])
+    assert np.corrcoef(trained.predict(x[120:]), y[120:])[0, 1] > 0.7
+    gates = trained.gate_values(x[120:])
+    assert gates.shape == (40, x.shape[1]) and ((gates > 0) & (gates < 2)).all()
+
+
+def test_gate_table_and_column_spearman():
+    from scipy import stats
+
+    from qfm_lib.analysis import column_spearman, gate_by_channel
+    from qfm_lib.features import Features
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6))
+    x[:, 5] = 1.0
+    y = x[:, 0] + rng.normal(0, 0.1, 30)
+    rho = column_spearman(x, y)
+    assert rho[0] == pytest.approx(stats.spearmanr(x[:, 0], y)[0]) and rho[5] == 0
+    feats = Features([f"i{i}" for i in range(30)], ["a", "b"], [1, 2])
+    table = gate_by_channel(np.full((30, 6), 0.5), x, y, feats)
+    assert list(table.stage) == ["a", "a", "b", "b", "b", "b"] and list(table.part) == ["mean", "std", "mean", "mean", "std", "std"]
+    assert (table.gate_mean == 0.5).all() and table.abs_srcc_with_mos.iloc[0] > 0.9

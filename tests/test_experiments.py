@@ -1,0 +1,107 @@
+"""The protocol runner: cached rows, keys, and model selection that never reads test labels."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qfm_lib import experiments as E
+from qfm_lib.cache import atomic_write, cache_path, digest
+from qfm_lib.manifold import ManifoldConfig
+from qfm_lib.models import TrainConfig
+
+
+def _inputs(n=90, d=16, k=3, seed=0, n_views=2):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = 50 + 15 * x[:, 0] - 10 * x[:, 1] + rng.normal(0, 2, n)
+    crops = x[:, None, :] + rng.normal(0, 0.3, (n, k, d))
+    names = [f"img{i}" for i in range(n)]
+    splits = pd.DataFrame({"image": names})
+    for s in range(2):
+        parts = np.array(["train"] * 54 + ["val"] * 18 + ["test"] * 18)
+        splits[f"split_{s}"] = rng.permutation(parts)
+    order = np.argsort(-rng.random((n, k)), axis=1)
+    return E.ProtocolInputs(x, y, splits, {"full_entry": "F", "crops_entry": "C"}, crops, order,
+                            rng.normal(size=(n, 5)), n_views, 0)
+
+
+@pytest.fixture
+def fast_variants(monkeypatch):
+    """The registry's variants with few epochs, so the protocol runs in seconds."""
+    quick = {"max_epochs": 8, "patience": 8}
+    table = {name: (E.Variant(v.kind, type(v.config)(**{**v.config.__dict__, **quick}), v.eps_from)
+                    if v.config is not None else v) for name, v in E.VARIANTS.items()}
+    monkeypatch.setattr(E, "VARIANTS", table)
+    return table
+
+
+def test_every_variant_runs_and_rows_are_cached(fast_variants, monkeypatch):
+    inp = _inputs()
+    first = E.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
+    assert list(first.variant) == list(fast_variants)
+    assert first[["plcc", "srcc", "krcc", "rmse", "val_score"]].notna().all().all()
+    assert json.loads(first.set_index("variant").loc["gated+matching+distillation", "settings"])["eps"] in E.MATCHING_EPS_GRID
+    monkeypatch.setattr(E, "_fit", lambda *a: pytest.fail("a cached row was recomputed"))
+    again = E.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_selection_never_reads_test_labels(fast_variants):
+    inp = _inputs()
+    test = inp.parts(0)["test"]
+    shuffled = inp.y.copy()
+    shuffled[test] = np.random.default_rng(1).permutation(shuffled[test])[::-1]
+    other = E.ProtocolInputs(inp.x, shuffled, inp.splits, {"full_entry": "F2", "crops_entry": "C2"},
+                             inp.crops, inp.crop_order, inp.brisque, inp.n_views, 0)
+    for name in ["ridge", "gated+matching", "lmc"]:
+        a, b = E.evaluate_row(inp, name, 0), E.evaluate_row(other, name, 0)
+        assert a["settings"] == b["settings"] and a["val_score"] == pytest.approx(b["val_score"])
+        assert a["srcc"] != pytest.approx(b["srcc"])  # the test metrics did read the (shuffled) test labels
+
+
+def test_row_keys_follow_what_a_row_depends_on():
+    inp = _inputs()
+    key = E.row_key(inp, "gated", 0)
+    assert key != E.row_key(inp, "gated", 1)
+    assert E.row_key(inp, "gated", 0) == E.row_key(E.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated", 0)
+    assert E.row_key(inp, "gated+matching+distillation", 0) != E.row_key(
+        E.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated+matching+distillation", 0)
+    moved = inp.splits.copy()
+    moved.loc[0, "split_0"], moved.loc[1, "split_0"] = moved.loc[1, "split_0"], moved.loc[0, "split_0"]
+    if (moved["split_0"] != inp.splits["split_0"]).any():
+        assert E.row_key(E.ProtocolInputs(**{**inp.__dict__, "splits": moved}), "gated", 0) != key
+    with pytest.raises(ValueError, match="unknown variant"):
+        E.row_key(inp, "no such variant", 0)
+
+
+def test_missing_inputs_are_named():
+    inp = _inputs()
+    inp.crops = None
+    with pytest.raises(ValueError, match="crops"):
+        E.evaluate_row(inp, "teacher (ridge on crops)", 0)
+
+
+def test_registry_configs_are_what_their_names_say():
+    v = E.VARIANTS
+    assert not v["mlp"].config.gated and v["gated"].config.gated and v["gated"].config.matching_weight == 0
+    assert v["gated+matching"].config.matching_weight > 0 and v["gated+matching+contrastive"].config.contrastive_weight > 0
+    assert v["lmc - intra-class negatives"].config.intra_weight == 0
+    assert v["lmc - mutual learning"].config.mutual_weight == 0 and v["lmc"].config.mutual_weight > 0
+    assert isinstance(v["lmc"].config, ManifoldConfig) and isinstance(v["mlp"].config, TrainConfig)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "sub" / "x.json"
+
+    def boom(fh):
+        fh.write("partial")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom, mode="w")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    atomic_write(target, lambda fh: fh.write("ok"), mode="w")
+    assert target.read_text() == "ok"
+    assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1}) != digest({"a": 1, "b": 3})
+    assert cache_path("kind", {"a": 1}, ".npy").parent.name == "kind"
