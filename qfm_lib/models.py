@@ -10,7 +10,8 @@ Contrastive form (earlier version, optional): pairs with similar semantics and d
 are pushed apart in the gated space by a hinge of margin 1 on their normalised distance.
 Distillation: extra samples (crop views) with teacher labels join the memory with weight
 `distill_weight`; each epoch visits every labelled sample and a fresh random draw of
-`extra_per_epoch` x as many teacher-labelled views. Model selection: early stopping on the validation part's (SRCC + PLCC) / 2.
+`extra_per_epoch` x as many teacher-labelled views (all of them stay available as partners).
+Model selection: early stopping on the validation part's (SRCC + PLCC) / 2.
 """
 from __future__ import annotations
 
