@@ -18,9 +18,15 @@ from .metrics import iqa_metrics
 from .splits import split_parts
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
+def column_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation, a zero deviation replaced by 1 (constant columns)."""
     sd = x.std(0)
-    return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+    return x.mean(0), np.where(sd > 0, sd, 1.0)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    mean, sd = column_stats(x)
+    return (x - mean) / sd
 
 
 def stage_matrix(feats: Features, stage: str, view: str = "full") -> np.ndarray:
@@ -102,8 +108,8 @@ def knn_quality_by_stage(feats: Features, mos: np.ndarray, split_table: pd.DataF
         for i in range(n_splits):
             parts = split_parts(split_table, i)
             tr, va = parts["train"], parts["val"]
-            mu, sd = x_all[tr].mean(0), x_all[tr].std(0)
-            z = (x_all - mu) / np.where(sd > 0, sd, 1.0)  # standardised with training statistics only
+            mu, sd = column_stats(x_all[tr])
+            z = (x_all - mu) / sd  # standardised with training statistics only
             model = KNeighborsRegressor(n_neighbors=min(k, len(tr)), weights="distance").fit(z[tr], mos[tr])
             m = iqa_metrics(model.predict(z[va]), mos[va])
             rows.append({"stage": stage, "split": i, "val_srcc": m["srcc"], "val_plcc": m["plcc"]})

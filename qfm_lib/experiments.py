@@ -4,6 +4,7 @@ on disk (keyed by the features, the split's assignment, the variant's settings a
 computes it), so notebooks 03, 04, 05 and 06 share rows and a warm batch trains nothing."""
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -160,6 +161,7 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
     raise ValueError(f"unknown variant kind {v.kind!r}")
 
 
+@functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     here = Path(__file__).parent
     return digest([(f, (here / f).read_text()) for f in CODE_FILES])

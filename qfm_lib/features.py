@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, file_sha256, load_backbone
-from .images import ImageError, load_rgb
+from .images import ImageError, load_rgb, resize_shorter
 from .cache import atomic_write, digest
 from .paths import cache_dir
 
@@ -140,11 +140,7 @@ class _StageRecorder:
 
 def to_tensor(img, backbone: Backbone, resize: int | None = None) -> torch.Tensor:
     """PIL RGB -> normalised CHW float tensor (bicubic resize of the shorter side if asked)."""
-    if resize is not None:
-        scale = resize / min(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         resample=3)
-    arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
+    arr = torch.from_numpy(np.asarray(resize_shorter(img, resize)).copy()).permute(2, 0, 1).float()
     scale = torch.tensor([1.0 / (255.0 * s) for s in backbone.std]).view(3, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(backbone.mean, backbone.std)]).view(3, 1, 1)
     return arr.mul_(scale).sub_(shift).contiguous()  # == (x / 255 - mean) / std

@@ -35,6 +35,14 @@ def _to_uint8_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_shorter(img: Image.Image, side: int | None) -> Image.Image:
+    """Bicubic resize so the shorter side is `side` pixels (None: unchanged)."""
+    if side is None:
+        return img
+    scale = side / min(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample=3)
+
+
 def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     """Open `path` fully decoded as 8-bit RGB; raise ImageError naming the file otherwise."""
     path = Path(path)

@@ -33,7 +33,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .metrics import selection_score
-from .models import BankDropout
+from .analysis import column_stats
+from .models import BankDropout, EarlyStopping
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,7 @@ def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarra
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     flat = crops_tr.reshape(-1, crops_tr.shape[2])
-    mean, std = flat.mean(0), flat.std(0)
-    std = np.where(std > 0, std, 1.0)
+    mean, std = column_stats(flat)
     y_mean, y_std = float(y_tr.mean()), float(y_tr.std() or 1.0)
     ordered = np.take_along_axis(crops_tr, order_tr[..., None], axis=1)  # anchor first
     z = torch.from_numpy(((ordered - mean) / std).astype(np.float32))
@@ -140,7 +140,7 @@ def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarra
     student = CropModel(z.shape[2], cfg)
     teacher = copy.deepcopy(student).requires_grad_(False) if cfg.mutual_weight else None
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_state, best_epoch, history = -np.inf, None, 0, []
+    stopper, history = EarlyStopping(cfg.patience), []
     for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
         student.train()
         losses = []
@@ -173,14 +173,11 @@ def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarra
             val_pred = scorer(zv)[0].mean(1).numpy()
         score = selection_score(val_pred, y_va)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
-        if score > best:
-            best, best_epoch = score, epoch
-            best_state = copy.deepcopy(scorer.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
+        if stopper.step(epoch, score, scorer):
             break
     final = CropModel(z.shape[2], cfg)
-    final.load_state_dict(best_state)
-    return TrainedCrops(final.eval(), mean, std, y_mean, y_std, cfg, best_epoch, history)
+    final.load_state_dict(stopper.state)
+    return TrainedCrops(final.eval(), mean, std, y_mean, y_std, cfg, stopper.best_epoch, history)
 
 
 def manifold_stats(emb: np.ndarray) -> dict[str, float]:

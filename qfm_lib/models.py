@@ -23,7 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .analysis import column_stats
 from .metrics import selection_score
+from .pairs import KINDS, kind_mask
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,23 @@ class Trained:
         return cls(model.eval(), state["mean"], state["std"], state["y_mean"], state["y_std"], cfg, state["best_epoch"])
 
 
+class EarlyStopping:
+    """Keeps the state of the best validation score so far (of the latest epoch with keep_last)
+    and says when `patience` epochs passed without improvement."""
+
+    def __init__(self, patience: int, keep_last: bool = False):
+        self.patience, self.keep_last = patience, keep_last
+        self.best, self.best_epoch, self.state = -np.inf, 0, None
+
+    def step(self, epoch: int, score: float, model: nn.Module) -> bool:
+        """Record one epoch's score; True when training should stop."""
+        if self.keep_last or score > self.best:
+            self.best, self.best_epoch = score, epoch
+            self.state = {k: v.clone() for k, v in model.state_dict().items()}
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+
 def mine_partners(z: np.ndarray, y: np.ndarray, gap_quantile: float, dist_quantile: float,
                   similar_quality: bool = True) -> list[np.ndarray]:
     """For each row, the rows that are (similar quality, distant) or (close, different quality).
@@ -141,9 +160,9 @@ def mine_partners(z: np.ndarray, y: np.ndarray, gap_quantile: float, dist_quanti
     upper = np.triu_indices(len(y), 1)
     d_pairs, g_pairs = d[upper], g[upper]
     if similar_quality:
-        mask = (g <= np.quantile(g_pairs, gap_quantile)) & (d >= np.quantile(d_pairs, dist_quantile))
+        mask = kind_mask(d, g, np.quantile(d_pairs, dist_quantile), np.quantile(g_pairs, gap_quantile), KINDS[0])
     else:
-        mask = (d <= np.quantile(d_pairs, 1 - dist_quantile)) & (g >= np.quantile(g_pairs, 1 - gap_quantile))
+        mask = kind_mask(d, g, np.quantile(d_pairs, 1 - dist_quantile), np.quantile(g_pairs, 1 - gap_quantile), KINDS[1])
     np.fill_diagonal(mask, False)
     return [np.flatnonzero(row) for row in mask]
 
@@ -163,8 +182,7 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     deterministic for cfg.seed."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = np.where(std > 0, std, 1.0)
+    mean, std = column_stats(x_train)
     y_mean, y_std = float(y_train.mean()), float(y_train.std() or 1.0)
     x_all, y_all = x_train, y_train
     weight = np.ones(len(y_train))
@@ -181,7 +199,7 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     z_t, t_t, w_t = torch.from_numpy(z), torch.from_numpy(t), torch.from_numpy(weight.astype(np.float32))
     zv = torch.from_numpy(((x_val - mean) / std).astype(np.float32))
-    best, best_state, best_epoch, history = -np.inf, None, 0, []
+    stopper, history = EarlyStopping(cfg.patience, keep_last), []
     for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
         model.train()
         # every labelled sample, plus a fresh draw of teacher-labelled views (the whole expanded
@@ -216,13 +234,10 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
             val_pred = model(zv).numpy()
         score = selection_score(val_pred, y_val)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
-        if keep_last or score > best:
-            best, best_epoch = score, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        elif not keep_last and epoch - best_epoch >= cfg.patience:
+        if stopper.step(epoch, score, model):
             break
-    model.load_state_dict(best_state)
-    return Trained(model.eval(), mean, std, y_mean, y_std, cfg, best_epoch, history)
+    model.load_state_dict(stopper.state)
+    return Trained(model.eval(), mean, std, y_mean, y_std, cfg, stopper.best_epoch, history)
 
 
 def train_fixed_epochs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, epochs: int) -> Trained:

@@ -17,6 +17,18 @@ from .analysis import pair_table
 KINDS = ("similar_quality_different_semantics", "similar_semantics_different_quality")
 
 
+def kind_mask(dist: np.ndarray, gap: np.ndarray, dist_threshold: float, gap_threshold: float,
+              kind: str) -> np.ndarray:
+    """The pair rule, elementwise on distances and |ΔMOS| of any shape: similar quality / different
+    semantics is gap <= gap_threshold and dist >= dist_threshold; the other kind is
+    dist <= dist_threshold and gap >= gap_threshold."""
+    if kind == KINDS[0]:
+        return (gap <= gap_threshold) & (dist >= dist_threshold)
+    if kind == KINDS[1]:
+        return (dist <= dist_threshold) & (gap >= gap_threshold)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
 def _check_quantiles(**qs: float) -> None:
     for name, q in qs.items():
         if not 0 <= q <= 1:
@@ -31,7 +43,7 @@ def mine_pairs(x: np.ndarray, mos: np.ndarray, names: list[str], dist_low: float
     i, j = np.triu_indices(len(mos), k=1)  # pdist's order
     d_lo, d_hi = np.quantile(dist, [dist_low, dist_high])
     g_lo, g_hi = np.quantile(gap, [gap_low, gap_high])
-    masks = {KINDS[0]: (gap <= g_lo) & (dist >= d_hi), KINDS[1]: (dist <= d_lo) & (gap >= g_hi)}
+    masks = {KINDS[0]: kind_mask(dist, gap, d_hi, g_lo, KINDS[0]), KINDS[1]: kind_mask(dist, gap, d_lo, g_hi, KINDS[1])}
     frames = []
     for kind, mask in masks.items():
         frames.append(pd.DataFrame({"image_a": np.asarray(names)[i[mask]], "image_b": np.asarray(names)[j[mask]],
@@ -52,9 +64,8 @@ def count_grid(x: np.ndarray, mos: np.ndarray, dist_qs: list[float], gap_qs: lis
     d_thr, g_thr = np.quantile(dist, dist_qs), np.quantile(gap, gap_qs)
     counts = np.zeros((len(dist_qs), len(gap_qs)), dtype=int)
     for a, d in enumerate(d_thr):
-        near = dist >= d if kind == KINDS[0] else dist <= d
         for b, g in enumerate(g_thr):
-            counts[a, b] = int(np.sum(near & ((gap <= g) if kind == KINDS[0] else (gap >= g))))
+            counts[a, b] = int(np.sum(kind_mask(dist, gap, d, g, kind)))
     return pd.DataFrame(counts, index=pd.Index(dist_qs, name="distance quantile"),
                         columns=pd.Index(gap_qs, name="gap quantile"))
 

@@ -59,3 +59,18 @@ def pair_gallery(pairs: pd.DataFrame, paths: dict[str, str], title: str, n: int 
         ax.axis("off")
     fig.suptitle(title)
     return fig
+
+
+def split_boxplots(results: pd.DataFrame, title: str, figsize: tuple[float, float], sharey: bool = False):
+    """Test PLCC and SRCC per variant over splits: a box per variant with one dot per split.
+    `title` may contain {metric}, which becomes PLCC or SRCC."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=sharey)
+    for ax, metric in zip(axes, ["plcc", "srcc"]):
+        sns.boxplot(data=results, y="variant", x=metric, ax=ax, color="lightsteelblue", showfliers=False)
+        sns.stripplot(data=results, y="variant", x=metric, ax=ax, color="k", size=3)
+        ax.set_title(title.format(metric=metric.upper()))
+        ax.set_ylabel("")
+    fig.tight_layout()
+    return fig

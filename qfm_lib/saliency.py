@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .cache import atomic_write, cache_path
 from .features import Features, content_hashes, names_and_hashes
-from .images import load_rgb
+from .images import load_rgb, resize_shorter
 
 SALIENCY_VERSION = 1
 
@@ -39,11 +39,7 @@ def box_means(sal: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def image_for_boxes(path: str, resize: int | None) -> np.ndarray:
     """The image in the coordinates its crop boxes were drawn in (features.to_tensor's resize)."""
-    img = load_rgb(path)
-    if resize is not None:
-        scale = resize / min(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample=3)
-    return np.asarray(img)
+    return np.asarray(resize_shorter(load_rgb(path), resize))
 
 
 def crop_saliency(table: pd.DataFrame, feats: Features, progress: bool = True) -> np.ndarray:
