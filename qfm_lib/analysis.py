@@ -114,3 +114,28 @@ def knn_quality_by_stage(feats: Features, mos: np.ndarray, split_table: pd.DataF
             m = iqa_metrics(model.predict(z[va]), mos[va])
             rows.append({"stage": stage, "split": i, "val_srcc": m["srcc"], "val_plcc": m["plcc"]})
     return pd.DataFrame(rows)
+
+
+def token_gate_table(gates: np.ndarray, image_means: np.ndarray, mos: np.ndarray,
+                     token_channels: list[tuple[str, str, int]]) -> pd.DataFrame:
+    """What the token decoder's channel gate keeps: per token channel (stage, part, index), the mean
+    gate over images (gates (N, C) from TrainedDecoder.gate_values) beside |Spearman| between the
+    channel's per-image mean (TokenSet.image_means) and MOS on the same images."""
+    table = pd.DataFrame(token_channels, columns=["stage", "part", "channel"])
+    table["gate_mean"] = gates.mean(0)
+    table["abs_srcc_with_mos"] = np.abs(column_spearman(image_means, mos))
+    return table
+
+
+def gate_preference(table: pd.DataFrame, by: str = "stage") -> pd.DataFrame:
+    """Per group (and 'all'): Spearman(gate_mean, abs_srcc_with_mos), mean gate, share below 0.9,
+    and the mean gate of the quarter of channels most and least correlated with MOS."""
+    def summary(g: pd.DataFrame) -> pd.Series:
+        top = g.abs_srcc_with_mos >= g.abs_srcc_with_mos.quantile(0.75)
+        low = g.abs_srcc_with_mos <= g.abs_srcc_with_mos.quantile(0.25)
+        return pd.Series({"channels": len(g), "gate_mean": g.gate_mean.mean(),
+                          "share_below_0.9": (g.gate_mean < 0.9).mean(),
+                          "gate_top_quarter": g.gate_mean[top].mean(), "gate_bottom_quarter": g.gate_mean[low].mean(),
+                          "spearman_gate_vs_abs_srcc": stats.spearmanr(g.gate_mean, g.abs_srcc_with_mos)[0]})
+    rows = [summary(g).rename(name) for name, g in table.groupby(by, sort=False)]
+    return pd.DataFrame([*rows, summary(table).rename("all")]).rename_axis(by).reset_index()

@@ -1,4 +1,4 @@
-"""`qfm` console script: `qfm predict PATH... [--model FILE] -o scores.csv`."""
+"""`qfm` console script: `qfm predict PATH... [--model FILE] [--max-side N] -o scores.csv`."""
 from __future__ import annotations
 
 import argparse
@@ -8,20 +8,34 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qfm", description="NR-IQA study tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    pred = sub.add_parser("predict", help="score image files or folders with the final model")
+    pred = sub.add_parser("predict", help="score image files or folders with the final model",
+                          description="Score image files or folders (recursively, every image format the "
+                                      "loader reads) with a saved model. CSV columns: image, score, error, "
+                                      "note. Exit code 1 when any image failed, 2 when nothing could be "
+                                      "scored (no or unusable model).")
     pred.add_argument("paths", nargs="+", help="image files or folders")
     pred.add_argument("--model", default=None, help="model file (default: models/qfm_livec.pt)")
     pred.add_argument("-o", "--output", default="-", help="CSV to write (default: stdout)")
+    pred.add_argument("--max-side", type=int, default=None, metavar="N",
+                      help="downscale images whose longer side exceeds N pixels to N before scoring (the "
+                           "training images were about 500x500; default 1024; 0 keeps native resolution)")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
 
-    from .predict import DEFAULT_MODEL, predict_images
+    from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, predict_images
 
+    max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
+    if max_side < 0:
+        parser.error(f"--max-side must be >= 0, got {max_side}")
     try:
-        scores = predict_images(args.paths, args.model or DEFAULT_MODEL)
+        scores = predict_images(args.paths, args.model or DEFAULT_MODEL, max_side=max_side,
+                                progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as err:
         print(f"qfm predict: {err}", file=sys.stderr)
         return 2
     scores.to_csv(sys.stdout if args.output == "-" else args.output, index=False)
+    if scores.empty:
+        print(f"qfm predict: no image files in {' '.join(args.paths)}", file=sys.stderr)
     failed = int((scores["error"] != "").sum())
     if failed:
         print(f"qfm predict: {failed} of {len(scores)} images failed (see the error column)", file=sys.stderr)

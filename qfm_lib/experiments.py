@@ -1,11 +1,15 @@
 """The evaluation protocol in code: fit each variant on a split's training part, make every choice
 on its validation part, score the test part once. One result row per variant x split, each cached
-on disk (keyed by the features, the split's assignment, the variant's settings and the code that
-computes it), so notebooks 03, 04, 05 and 06 share rows and a warm batch trains nothing."""
+on disk (keyed by the features, the split's assignment, the variant's settings and the source of
+every qfm_lib module the protocol imports), so notebooks 03-07 share rows and a warm batch trains
+nothing. Rows that do not depend on each other run in parallel worker processes (joblib/loky, one
+torch thread each; a row is computed the same way serially, so results do not depend on n_jobs)."""
 from __future__ import annotations
 
+import ast
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,25 +18,50 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import torch
+
 from .baselines import fit_ridge, fit_svr
 from .cache import atomic_write, cache_path, digest
+from .decoder import DecoderConfig, TokenSet
+from .local_manifold import fit_manifold_decoder
 from .manifold import ManifoldConfig, train_crop_model
 from .metrics import iqa_metrics, selection_score
 from .models import TrainConfig, train_model
+from .qfm_iqm import fit_qfm_decoder
 from .splits import split_parts
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 MATCHING_EPS_GRID = (0.25, 0.5)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """kind: svr (on BRISQUE features), ridge, qfm (full-image student), teacher (ridge on crops),
-    distill (qfm student + teacher-labelled crop views), lmc (salient-crop local-manifold model).
+    """kind: svr (on BRISQUE features), ridge, qfm (pooled-vector student), teacher (ridge on crops),
+    distill (pooled student + teacher-labelled crop views), lmc (pooled crop features),
+    decoder (QFM-IQM family on token windows), lmc-windows (local manifold on token windows).
     eps_from: reuse the matching strength that this other variant chose on validation."""
     kind: str
-    config: TrainConfig | ManifoldConfig | None = None
+    config: TrainConfig | ManifoldConfig | DecoderConfig | None = None
     eps_from: str | None = None
+
+
+# Token models: settings the papers do not fix were fixed before the 10-split runs (decoder.DecoderConfig
+# defaults, probed on splits 0-1 only for speed); the matching strength is chosen on validation.
+_LMC = DecoderConfig(gated=False, n_windows=2, contrastive_weight=0.2, mutual_weight=0.5, ema=True)
+TOKEN_VARIANTS: dict[str, Variant] = {
+    "decoder": Variant("decoder", DecoderConfig(gated=False)),
+    "decoder+gate": Variant("decoder", DecoderConfig(gated=True)),
+    "decoder+adversarial matching": Variant("decoder", DecoderConfig(gated=False, adv_weight=1.0)),
+    "qfm-iqm (gate+adversarial matching)": Variant("decoder", DecoderConfig(gated=True, adv_weight=1.0)),
+    "qfm-iqm + distillation": Variant("decoder", DecoderConfig(gated=True, adv_weight=1.0, distill_weight=0.5),
+                                      eps_from="qfm-iqm (gate+adversarial matching)"),
+    "window regression (EMA)": Variant("lmc-windows", replace(_LMC, contrastive_weight=0.0, mutual_weight=0.0)),
+    "lmc-windows": Variant("lmc-windows", _LMC),
+    "lmc-windows - intra-class negatives": Variant("lmc-windows", replace(_LMC, intra_weight=0.0)),
+    "lmc-windows - mutual term": Variant("lmc-windows", replace(_LMC, mutual_weight=0.0)),
+    "lmc-windows, random anchor": Variant("lmc-windows", replace(_LMC, anchor="random")),
+    "lmc-windows, spectral anchor": Variant("lmc-windows", replace(_LMC, anchor="spectral")),
+}
 
 
 VARIANTS: dict[str, Variant] = {
@@ -51,9 +80,9 @@ VARIANTS: dict[str, Variant] = {
     "lmc": Variant("lmc", ManifoldConfig()),
     "lmc - intra-class negatives": Variant("lmc", ManifoldConfig(intra_weight=0.0)),
     "lmc - mutual learning": Variant("lmc", ManifoldConfig(mutual_weight=0.0)),
+    **TOKEN_VARIANTS,
 }
 ALL_VARIANTS = list(VARIANTS)
-CODE_FILES = ["experiments.py", "models.py", "manifold.py", "baselines.py", "metrics.py", "saliency.py"]
 
 
 @dataclass
@@ -69,6 +98,8 @@ class ProtocolInputs:
     brisque: np.ndarray | None = None
     n_views: int = 5
     seed: int = 0
+    tokens: TokenSet | None = None
+    cell_saliency: np.ndarray | None = None
     _teachers: dict = field(default_factory=dict, repr=False)
 
     def parts(self, split: int) -> dict[str, np.ndarray]:
@@ -77,18 +108,21 @@ class ProtocolInputs:
 
 def inputs_from_study(study, n_views: int = 5, seed: int = 0, brisque: bool = False,
                       progress: bool = True) -> ProtocolInputs:
-    """ProtocolInputs of a StudyData: full features, crops and their saliency order when the
-    features have crops, BRISQUE features when asked (both cached on disk)."""
+    """ProtocolInputs of a StudyData: full features and token maps, crops and their saliency order
+    when the features have crops, the tokens' cell saliency, BRISQUE features when asked (cached)."""
     from .baselines import brisque_features
-    from .saliency import anchor_order, crop_saliency
+    from .saliency import anchor_order, cell_saliency, crop_saliency
 
     feats = study.features
     entries = {k: Path(v).name for k, v in feats.meta.items() if k.endswith("_entry")}
     order = anchor_order(crop_saliency(study.table, feats, progress)) if feats.crops is not None else None
     if feats.crops is not None and n_views > feats.crops.shape[1]:
         raise ValueError(f"n_views ({n_views}) cannot exceed the number of crops ({feats.crops.shape[1]})")
+    tokens = TokenSet(feats.tokens, feats.token_grid, feats.names) if feats.tokens is not None else None
+    cells = cell_saliency(study.table, feats.token_grid, progress=progress) if tokens is not None else None
     return ProtocolInputs(feats.full, study.mos, study.splits, entries, feats.crops, order,
-                          brisque_features(study.table, progress) if brisque else None, n_views, seed)
+                          brisque_features(study.table, progress) if brisque else None, n_views, seed,
+                          tokens, cells)
 
 
 def fit_qfm(x_tr, y_tr, x_va, y_va, cfg: TrainConfig, eps_grid=None, **extra):
@@ -153,6 +187,18 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
         if v.config.matching_weight:
             info["eps"] = model.config.matching_eps
         return (lambda rows: model.predict(x[rows])), info
+    if v.kind == "decoder":
+        _needs(inp, name, "tokens")
+        grid = (json.loads(evaluate_row(inp, v.eps_from, split)["settings"])["eps"],) if v.eps_from else None
+        model = fit_qfm_decoder(inp.tokens, y, x, parts, replace(v.config, seed=inp.seed), grid)
+        info = {"best_epoch": model.best_epoch}
+        if v.config.adv_weight:
+            info["eps"] = model.config.adv_eps
+        return (lambda rows: model.predict(inp.tokens, rows)), info
+    if v.kind == "lmc-windows":
+        _needs(inp, name, "tokens", "cell_saliency")
+        model = fit_manifold_decoder(inp.tokens, y, parts, replace(v.config, seed=inp.seed), inp.cell_saliency)
+        return (lambda rows: model.predict(inp.tokens, rows)), {"best_epoch": model.best_epoch}
     if v.kind == "lmc":
         _needs(inp, name, "crops", "crop_order")
         model = train_crop_model(inp.crops[tr], inp.crop_order[tr], y[tr], inp.crops[va], y[va],
@@ -161,10 +207,24 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
     raise ValueError(f"unknown variant kind {v.kind!r}")
 
 
+def code_files(module: str = "experiments") -> list[str]:
+    """The qfm_lib modules that `module` imports, directly or not (itself included), sorted."""
+    here, seen, todo = Path(__file__).parent, set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((here / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module] if node.module else [a.name for a in node.names]
+    return sorted(f"{m}.py" for m in seen)
+
+
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     here = Path(__file__).parent
-    return digest([(f, (here / f).read_text()) for f in CODE_FILES])
+    return digest([(f, (here / f).read_text()) for f in code_files()])
 
 
 def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
@@ -173,7 +233,8 @@ def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
         raise ValueError(f"unknown variant {name!r}; known: {ALL_VARIANTS}")
     v = VARIANTS[name]
     uses = {"svr": ["full_entry"], "ridge": ["full_entry"], "qfm": ["full_entry"], "lmc": ["crops_entry"],
-            "teacher": ["full_entry", "crops_entry"], "distill": ["full_entry", "crops_entry"]}[v.kind]
+            "teacher": ["full_entry", "crops_entry"], "distill": ["full_entry", "crops_entry"],
+            "decoder": ["full_entry"], "lmc-windows": ["full_entry"]}[v.kind]
     key = {"version": RESULTS_VERSION, "code": _code_digest(), "variant": name, "spec": repr(v),
            "features": {k: inp.feature_entries.get(k) for k in uses}, "seed": inp.seed, "split": split,
            "assignment": digest(list(zip(inp.splits["image"], inp.splits[f"split_{split}"])))}
@@ -190,13 +251,18 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int) -> dict:
     path = cache_path("results", row_key(inp, name, split), ".json")
     if path.is_file():
         return json.loads(path.read_text())
-    start = time.perf_counter()
-    score, info = _fit(inp, name, split)
-    seconds = time.perf_counter() - start
-    parts = inp.parts(split)
-    val_pred, y_val = score(parts["val"]), inp.y[parts["val"]]
-    val = iqa_metrics(val_pred, y_val)
-    test = iqa_metrics(score(parts["test"]), inp.y[parts["test"]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per row, serial or in a worker: the same numbers either way
+    try:
+        start = time.perf_counter()
+        score, info = _fit(inp, name, split)
+        seconds = time.perf_counter() - start
+        parts = inp.parts(split)
+        val_pred, y_val = score(parts["val"]), inp.y[parts["val"]]
+        val = iqa_metrics(val_pred, y_val)
+        test = iqa_metrics(score(parts["test"]), inp.y[parts["test"]])
+    finally:
+        torch.set_num_threads(threads)
     row = {"variant": name, "split": split, **{m: test[m] for m in ("plcc", "srcc", "krcc", "rmse")},
            "val_score": selection_score(val_pred, y_val), "val_plcc": val["plcc"], "val_srcc": val["srcc"],
            "fit_seconds": round(seconds, 2), "settings": json.dumps(info)}
@@ -204,14 +270,90 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int) -> dict:
     return row
 
 
-def evaluate(inp: ProtocolInputs, variants: list[str], n_splits: int = 10, progress: bool = True) -> pd.DataFrame:
-    """Every variant on splits 0..n_splits-1, one row each; rows come from the cache when present."""
+def default_jobs() -> int:
+    """Worker processes for evaluate: $QFM_JOBS, else the machine's cores."""
+    return int(os.environ.get("QFM_JOBS", os.cpu_count() or 1))
+
+
+def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool) -> None:
+    """Compute (and cache) rows in worker processes; a row that fails, or whose worker dies, is named."""
+    from joblib import Parallel, delayed
+
+    bar = tqdm(total=len(todo), desc=f"training rows ({n_jobs} workers)", disable=not progress)
+    done: set[tuple[str, int]] = set()
+    try:
+        results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+            delayed(_row_job)(inp, name, split, VARIANTS) for name, split in todo)
+        for name, split in results:
+            done.add((name, split))
+            bar.update(1)
+    except Exception as err:
+        left = [job for job in todo if job not in done]
+        raise RuntimeError(f"computing result rows failed ({type(err).__name__}: {err}); not computed: "
+                           f"{left[:6]}{' ...' if len(left) > 6 else ''}. Rows already written stay "
+                           f"cached: rerunning resumes from them.") from err
+    finally:
+        bar.close()
+
+
+def _row_job(inp: ProtocolInputs, name: str, split: int, variants: dict) -> tuple[str, int]:
+    global VARIANTS
+    VARIANTS = variants  # the caller's registry (a worker imports the module afresh)
+    evaluate_row(inp, name, split)
+    return name, split
+
+
+def evaluate(inp: ProtocolInputs, variants: list[str], n_splits: int = 10, progress: bool = True,
+             n_jobs: int | None = None) -> pd.DataFrame:
+    """Every variant on splits 0..n_splits-1, one row each; rows come from the cache when present,
+    the others are computed by n_jobs worker processes (default: default_jobs())."""
     jobs = [(name, split) for split in range(n_splits) for name in variants]
-    cached = sum(cache_path("results", row_key(inp, n, s), ".json").is_file() for n, s in jobs)
-    print(f"{len(jobs)} result rows: {cached} cached, {len(jobs) - cached} to compute")
-    rows = [evaluate_row(inp, name, split)
-            for name, split in tqdm(jobs, desc="variant x split", disable=not progress)]
-    return pd.DataFrame(rows)
+    missing = [j for j in jobs if not cache_path("results", row_key(inp, *j), ".json").is_file()]
+    print(f"{len(jobs)} result rows: {len(jobs) - len(missing)} cached, {len(missing)} to compute")
+    n_jobs = min(n_jobs or default_jobs(), max(len(missing), 1))
+    # rows another variant reuses settings from (eps_from) go first
+    first = sorted({(VARIANTS[n].eps_from, s) for n, s in missing if VARIANTS[n].eps_from} & set(missing))
+    for batch in (first, [j for j in missing if j not in first]):
+        if batch and n_jobs > 1:
+            _compute_rows(inp, batch, n_jobs, progress)
+        else:
+            for name, split in tqdm(batch, desc="training rows", disable=not progress or not batch):
+                evaluate_row(inp, name, split)
+    return pd.DataFrame([evaluate_row(inp, name, split) for name, split in jobs])
+
+
+FINAL_KINDS = {"qfm": "pooled-mlp", "decoder": "token-decoder", "lmc-windows": "token-decoder"}
+
+
+def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
+    """The final model of a variant: trained on every image for the median number of epochs its
+    protocol runs kept on validation (best_epoch counts from 0), with the matching strength they
+    chose most often. Returns (trained model, predict.py model kind, settings)."""
+    from statistics import mode
+
+    v = VARIANTS[name]
+    if v.kind not in FINAL_KINDS:
+        raise ValueError(f"{name!r} ({v.kind}) cannot be a final model; kinds that can: {sorted(FINAL_KINDS)}")
+    settings = [json.loads(s) for s in results.loc[results.variant == name, "settings"]]
+    epochs = int(np.median([s["best_epoch"] for s in settings])) + 1
+    info = {"variant": name, "epochs": epochs}
+    cfg = replace(v.config, seed=inp.seed, max_epochs=epochs, patience=epochs)
+    everything = np.arange(len(inp.y))
+    if v.kind == "qfm":
+        if cfg.matching_weight:
+            cfg = replace(cfg, matching_eps=mode(s["eps"] for s in settings))
+            info["eps"] = cfg.matching_eps
+        trained = train_model(inp.x, inp.y, inp.x, inp.y, cfg, keep_last=True)
+    elif v.kind == "decoder":
+        grid = None
+        if cfg.adv_weight:
+            grid = (info.setdefault("eps", mode(s["eps"] for s in settings)),)
+        trained = fit_qfm_decoder(inp.tokens, inp.y, inp.x, {"train": everything, "val": everything}, cfg, grid,
+                                  keep_last=True)
+    else:
+        trained = fit_manifold_decoder(inp.tokens, inp.y, {"train": everything, "val": everything}, cfg,
+                                       inp.cell_saliency, keep_last=True)
+    return trained, FINAL_KINDS[v.kind], info
 
 
 def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:

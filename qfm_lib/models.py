@@ -242,5 +242,5 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
 
 def train_fixed_epochs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, epochs: int) -> Trained:
     """Train on all data for a fixed number of epochs (chosen beforehand on validation data)."""
-    fixed = TrainConfig(**{**asdict(cfg), "max_epochs": epochs + 1})
+    fixed = TrainConfig(**{**asdict(cfg), "max_epochs": epochs})
     return train_model(x, y, x, y, fixed, keep_last=True)

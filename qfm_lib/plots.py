@@ -1,6 +1,8 @@
 """Plot helpers shared by the notebooks: saving figures and tables, image galleries."""
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,11 +12,32 @@ import pandas as pd
 from .images import load_rgb
 
 
+def _in_kernel() -> bool:
+    """True inside a Jupyter (IPython) kernel: a notebook, papermill, JupyterLab."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
 def save_figure(fig, out_dir: str | Path, name: str, dpi: int = 110) -> Path:
+    """Save `fig` to out_dir/name. In a notebook kernel, also show the saved image as the cell's
+    output and close the figure (so it is not shown twice); this works under any matplotlib backend,
+    Agg included."""
     path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     print(f"saved {path}")
+    if _in_kernel():
+        from IPython.display import Image, display
+
+        if path.suffix.lower() == ".png":
+            png = path.read_bytes()
+        else:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+            png = buffer.getvalue()
+        display(Image(data=png, format="png"))
+        plt.close(fig)
     return path
 
 

@@ -1,25 +1,119 @@
-"""Scoring image files with a saved final model (`qfm predict`)."""
+"""Scoring image files with a saved final model (`qfm predict`).
+
+A model file is a `torch.save`d dict of tensors and plain Python values, loaded with
+`torch.load(weights_only=True)` (nothing in it is executed). It records `format_version`, the
+`model_kind` (a key of MODEL_KINDS, which says how to rebuild the model and how to compute its input
+features from the backbone), the backbone and its weights hash, the feature settings and where the
+training data came from.
+"""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+import os
+import pickletools
+import re
+import sys
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from statistics import median
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from . import __version__
-from .backbones import load_backbone
+from .backbones import Backbone, load_backbone
 from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, _StageRecorder, to_tensor
 from .images import ImageError, load_rgb
+from .decoder import TokenSet, TrainedDecoder
 from .models import Trained
 from .paths import PROJECT_ROOT
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+FORMAT_VERSION = 2  # 1: numpy arrays in the payload (needed weights_only=False); 2: tensors only
+DEFAULT_MAX_SIDE = 1024
+FAR_FROM_TRAINING = 2.5  # a scored image's longer side over (or under) this factor of the training images' gets a note
+REBUILD = "rebuild it with `make figures` (notebook 06 trains and saves the final model)"
+
+# Formats Pillow registers but cannot decode by itself (stubs, external programs) or that are rarely
+# photos; a folder skips these suffixes, the rest of what load_rgb can open is scored.
+_NOT_PHOTOS = {"BUFR", "GRIB", "HDF5", "MPEG", "EPS", "WMF", "IPTC"}
+Image.init()
+IMAGE_SUFFIXES = {ext for ext, fmt in Image.registered_extensions().items()
+                  if fmt in Image.OPEN and fmt not in _NOT_PHOTOS}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, with its path in the message."""
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of saved model: `load(payload)` rebuilds it (an object with .predict(features) ->
+    scores) and `features_for(backbone, batch)` turns a (1, 3, H, W) image batch into its input."""
+
+    load: Callable[[dict], Any]
+    features_for: Callable[[Backbone, torch.Tensor], np.ndarray]
+
+
+def _pooled_features(backbone: Backbone, batch: torch.Tensor) -> np.ndarray:
+    recorder = _StageRecorder(backbone)
+    try:
+        out = recorder.run(backbone, batch)
+    finally:
+        recorder.close()
+    return out[0] if isinstance(out, tuple) else out  # run() gives (pooled, token maps) with token maps
+
+
+def _load_pooled_mlp(payload: dict) -> Trained:
+    state = payload["model"]
+    return Trained.from_state({**state, "mean": state["mean"].numpy(), "std": state["std"].numpy()})
+
+
+class TokenWindowError(ImageError):
+    """An image too small for the token model's window."""
+
+
+def _token_features(backbone: Backbone, batch: torch.Tensor) -> TokenSet:
+    recorder = _StageRecorder(backbone, tokens=True)
+    try:
+        _, maps = recorder.run(backbone, batch)
+    finally:
+        recorder.close()
+    return TokenSet(maps[0].reshape(-1, maps[0].shape[2]), np.array([maps[0].shape[:2]]))
+
+
+class _TokenPredictor:
+    """A TrainedDecoder scoring the one image of a TokenSet."""
+
+    def __init__(self, trained: TrainedDecoder):
+        self.trained = trained
+
+    def predict(self, tokens: TokenSet) -> np.ndarray:
+        window = self.trained.config.window
+        if window and min(tokens.grid[0]) < window:
+            raise TokenWindowError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"
+                                   f"{tokens.grid[0][1]} cells, the model reads {window}x{window}-cell windows "
+                                   f"(at least {32 * window} px on the shorter side)")
+        return self.trained.predict(tokens, np.arange(len(tokens)))
+
+
+def _load_token_decoder(payload: dict) -> _TokenPredictor:
+    return _TokenPredictor(TrainedDecoder.from_state(payload["model"]))
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    # models.Trained: an MLP (optionally gated) on the per-stage channel mean/std of the whole image
+    "pooled-mlp": ModelKind(load=_load_pooled_mlp, features_for=_pooled_features),
+    # decoder.TrainedDecoder: the token decoder (QFM-IQM family or local-manifold windows)
+    "token-decoder": ModelKind(load=_load_token_decoder, features_for=_token_features),
+}
 
 
 def training_data_hash(table: pd.DataFrame) -> str:
@@ -29,55 +123,173 @@ def training_data_hash(table: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def save_model(trained: Trained, path: str | Path, backbone: str, weights_sha256: str, spec: FeatureSpec,
-               table: pd.DataFrame, extra: dict | None = None) -> Path:
-    payload = {"model": trained.state(), "backbone": backbone, "weights_sha256": weights_sha256,
-               "feature_spec": asdict(spec),
-               "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
-               "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
-               **(extra or {})}
-    return atomic_write(path, lambda fh: torch.save(payload, fh))
+def _plain(value):
+    """The payload as tensors and plain Python values (what torch.load(weights_only=True) accepts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _training_side(table: pd.DataFrame) -> int | None:
+    """Median longer side of the training images (headers only), when the table has paths."""
+    if "path" not in table:
+        return None
+    sides = []
+    for path in table["path"]:
+        try:
+            with Image.open(path) as img:
+                sides.append(max(img.size))
+        except OSError:
+            pass
+    return int(median(sides)) if sides else None
+
+
+def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, spec: FeatureSpec,
+               table: pd.DataFrame, extra: dict | None = None, model_kind: str = "pooled-mlp") -> Path:
+    """Save `trained` (anything with .state(); a models.Trained for "pooled-mlp") with what it was
+    trained on, readable with torch.load(weights_only=True); file mode 0644."""
+    if model_kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model_kind {model_kind!r}; known: {sorted(MODEL_KINDS)}")
+    payload = _plain({"format_version": FORMAT_VERSION, "model_kind": model_kind, "model": trained.state(),
+                      "backbone": backbone, "weights_sha256": weights_sha256, "feature_spec": asdict(spec),
+                      "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
+                      "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
+                      "training_image_side": _training_side(table), **(extra or {})})
+
+    def write(fh) -> None:
+        torch.save(payload, fh)
+        os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; a model is meant to be shared
+
+    return atomic_write(path, write)
+
+
+def _old_format(path: Path) -> bool:
+    """A format-1 qfm model (numpy arrays inside): a torch zip whose pickle names the payload's keys.
+    Read with pickletools, which only parses the pickle and executes nothing."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            strings = {arg for _, arg, _ in pickletools.genops(archive.read(name)) if isinstance(arg, str)}
+    except Exception:
+        return False
+    return {"model", "weights_sha256", "feature_spec"} <= strings
+
+
+def _reason(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found:
+        return f"it holds Python objects ({found.group(1)}), not only tensors and plain values"
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
+    """The saved payload, with the rebuilt model under "predictor". Raises FileNotFoundError, or
+    ModelFileError (a ValueError) naming the file when it is not a usable qfm model."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: run `make figures` (notebook 06 trains and saves the "
                                 f"final model there) or pass --model FILE")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    payload["trained"] = Trained.from_state(payload["model"])
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a qfm model file: it is not a PyTorch checkpoint "
+                             f"(the zip archive torch.save writes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if _old_format(path):
+            raise ModelFileError(f"{path} is a qfm model file of an older format (format_version 1, which "
+                                 f"needs unsafe unpickling); {REBUILD}") from err
+        raise ModelFileError(f"{path} is not a qfm model file: {_reason(err)}") from err
+    if not isinstance(payload, dict) or "model_kind" not in payload:
+        what = f"a dict without model_kind (keys: {list(payload)[:8]})" if isinstance(payload, dict) \
+            else f"a {type(payload).__name__}"
+        raise ModelFileError(f"{path} is not a qfm model file: it holds {what}")
+    kind, version = payload["model_kind"], payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path} is a qfm model file of format_version {version} (model_kind {kind!r}, "
+                             f"qfm_lib {payload.get('qfm_lib_version')}); this qfm_lib reads format_version "
+                             f"{FORMAT_VERSION}: {REBUILD}")
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        raise ModelFileError(f"{path} is a qfm model of kind {kind!r}, which this qfm_lib cannot score "
+                             f"(known kinds: {sorted(MODEL_KINDS)}); {REBUILD}")
+    try:
+        payload["predictor"] = MODEL_KINDS[kind].load(payload)
+    except Exception as err:
+        raise ModelFileError(f"{path} is a damaged {kind!r} qfm model: {_reason(err)}; {REBUILD}") from err
     return payload
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expand to the image files inside them (recursively, sorted)."""
+    """Files as given; folders expand to the image files inside them (recursively, sorted; the
+    suffixes in IMAGE_SUFFIXES, any case)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         else:
             out.append(p)
     return out
 
 
-def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAULT_MODEL) -> pd.DataFrame:
+def fit_max_side(img: Image.Image, max_side: int) -> Image.Image:
+    """Bicubic downscale so the longer side is at most max_side (0: unchanged)."""
+    if not max_side or max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample=3)
+
+
+def _size_note(width: int, height: int, training_side: int | None) -> str:
+    if not training_side:
+        return ""
+    ratio = max(width, height) / training_side
+    if 1 / FAR_FROM_TRAINING <= ratio <= FAR_FROM_TRAINING:
+        return ""
+    return (f"scored at {width}x{height}, {ratio:.2g}x the training images' longer side ({training_side} px): "
+            f"the score may be unreliable")
+
+
+def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAULT_MODEL,
+                   max_side: int = DEFAULT_MAX_SIDE, progress: bool = True) -> pd.DataFrame:
     """Scores (on the training dataset's MOS scale) for image files or folders. A bad image gets
-    its error in the `error` column and a NaN score; the others are scored as usual."""
+    its error in the `error` column and a NaN score; the others are scored as usual.
+
+    Images are scored at native resolution (unless the model's feature spec resizes them), except
+    that a longer side above `max_side` is downscaled to it (0: never); `note` says so, and warns
+    when the scored size is far from the training images' size. A progress bar goes to stderr when
+    there is more than one image."""
+    if max_side < 0:
+        raise ValueError(f"max_side must be >= 0 (0 keeps native resolution), got {max_side}")
     payload = model if isinstance(model, dict) else load_model(model)
+    kind = MODEL_KINDS[payload["model_kind"]]
     backbone = load_backbone(payload["backbone"])
     if backbone.weights_sha256 != payload["weights_sha256"]:
         raise ValueError(f"backbone weights differ from those the model was trained on "
                          f"({backbone.weights_sha256[:12]} vs {payload['weights_sha256'][:12]})")
     resize = payload["feature_spec"].get("resize")
-    recorder = _StageRecorder(backbone)
+    training_side = payload.get("training_image_side")
+    files = expand_paths(paths)
     rows = []
-    try:
-        for path in expand_paths(paths):
-            try:
-                feats = recorder.run(backbone, to_tensor(load_rgb(path), backbone, resize)[None])
-                rows.append({"image": str(path), "score": float(payload["trained"].predict(feats)[0]), "error": ""})
-            except ImageError as err:
-                rows.append({"image": str(path), "score": np.nan, "error": str(err)})
-    finally:
-        recorder.close()
-    return pd.DataFrame(rows, columns=["image", "score", "error"])
+    for path in tqdm(files, desc="scoring", unit="img", file=sys.stderr, disable=not progress or len(files) < 2):
+        try:
+            img = load_rgb(path)
+            notes = []
+            if resize is None and max_side and max(img.size) > max_side:
+                native = img.size
+                img = fit_max_side(img, max_side)
+                notes.append(f"resized from {native[0]}x{native[1]} to {img.width}x{img.height} (max side {max_side})")
+            batch = to_tensor(img, backbone, resize)[None]
+            notes.append(_size_note(batch.shape[3], batch.shape[2], training_side))
+            score = float(payload["predictor"].predict(kind.features_for(backbone, batch))[0])
+            rows.append({"image": str(path), "score": score, "error": "", "note": "; ".join(n for n in notes if n)})
+        except ImageError as err:
+            rows.append({"image": str(path), "score": np.nan, "error": str(err), "note": ""})
+    return pd.DataFrame(rows, columns=["image", "score", "error", "note"])

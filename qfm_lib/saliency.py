@@ -64,3 +64,23 @@ def crop_saliency(table: pd.DataFrame, feats: Features, progress: bool = True) -
 def anchor_order(scores: np.ndarray) -> np.ndarray:
     """Per image, crop indices from most to least salient (column 0 is the anchor)."""
     return np.argsort(-scores, axis=1, kind="stable")
+
+
+def cell_saliency(table: pd.DataFrame, grid: np.ndarray, resize: int | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """(N, H, W) spectral-residual saliency averaged over each cell of every image's token grid
+    (grid: (N, 2) rows, cols; zero-padded to the largest grid); cached like crop_saliency."""
+    import cv2
+
+    grid = np.asarray(grid)
+    key = {"v": SALIENCY_VERSION, "method": "opencv spectral residual, token cells", "resize": resize}
+    extra = names_and_hashes(table["image"], content_hashes(table)) + grid.astype(np.int32).tobytes()
+    path = cache_path("saliency", key, ".npy", extra)
+    if path.is_file():
+        return np.load(path)
+    out = np.zeros((len(table), *grid.max(0)), dtype=np.float32)
+    for i, (p, (h, w)) in enumerate(tqdm(list(zip(table["path"], grid)), desc="cell saliency", disable=not progress)):
+        out[i, :h, :w] = cv2.resize(saliency_map(image_for_boxes(p, resize)), (int(w), int(h)),
+                                    interpolation=cv2.INTER_AREA)
+    atomic_write(path, lambda fh: np.save(fh, out))
+    return out

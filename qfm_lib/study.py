@@ -37,3 +37,18 @@ def load_study_data(dataset: str, backbone: str, n_images: int | None = None, se
           f"features {feats.full.shape} from {backbone}"
           + (f", crops {feats.crops.shape}" if feats.crops is not None else ""))
     return StudyData(table, feats, splits)
+
+
+def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, seed: int = 0,
+                   n_crops: int = 0, n_views: int = 5, brisque: bool = False):
+    """The setup every analysis notebook starts with: print versions, set the plot theme, load the
+    study data (features and token maps cached) and the protocol's inputs. Returns (study, inputs)."""
+    import seaborn as sns
+
+    from . import print_versions
+    from .experiments import inputs_from_study
+
+    print_versions()
+    sns.set_theme(style="whitegrid", context="notebook")
+    study = load_study_data(dataset, backbone, n_images=n_images, seed=seed, n_crops=n_crops)
+    return study, inputs_from_study(study, n_views=n_views, seed=seed, brisque=brisque)

@@ -1,5 +1,7 @@
 """The notebook batch, end to end on the smoke profile (real LIVEC images, a few dozen)."""
+import io
 import json
+import re
 import shutil
 
 import nbformat
@@ -41,15 +43,61 @@ def test_batch_stops_at_first_failure_and_names_it(tmp_path):
     _tiny_notebook(tmp_path, "01_ok.ipynb", "print(value)")
     _tiny_notebook(tmp_path, "02_broken.ipynb", "raise RuntimeError('boom in 02')")
     _tiny_notebook(tmp_path, "03_never.ipynb", "open('ran', 'w')")
-    with pytest.raises(batch.BatchError, match="(?s)02_broken.ipynb failed.*boom in 02"):
-        batch.run_batch("smoke", folder=tmp_path)
+    build = tmp_path / "build"
+    with pytest.raises(batch.BatchError, match="(?s)02_broken.ipynb failed.*02_broken.html.*boom in 02"):
+        batch.run_batch("smoke", folder=tmp_path, build_dir=build)
     assert not (tmp_path / "ran").exists()
+    assert "boom in 02" in (build / "executed" / "02_broken.html").read_text()
+    assert list(json.loads((build / "times.json").read_text())) == ["01_ok.ipynb"]
 
 
 def test_missing_declared_output_fails(tmp_path):
     _tiny_notebook(tmp_path, "01_lazy.ipynb", "x = 1", outputs=["never_written.png"])
     with pytest.raises(batch.BatchError, match="did not write its declared outputs.*never_written.png"):
-        batch.run_batch("smoke", folder=tmp_path)
+        batch.run_batch("smoke", folder=tmp_path, build_dir=tmp_path / "build")
+
+
+FIGURES = """
+import matplotlib.pyplot as plt
+from qfm_lib import plots
+
+fig, ax = plt.subplots()
+ax.plot([1, 2, 3])
+plots.save_figure(fig, out_dir, 'inline.png')  # the kernel's default (inline) backend
+import matplotlib
+matplotlib.use('Agg')
+fig, ax = plt.subplots()
+ax.plot([3, 2, 1])
+plots.save_figure(fig, out_dir, 'agg.png')
+"""
+
+
+def test_executed_notebook_shows_figures_once_and_has_an_html_page(tmp_path, capfd):
+    _tiny_notebook(tmp_path, "01_fig.ipynb", FIGURES, outputs=["inline.png", "agg.png"])
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "times.json").write_text(json.dumps({"01_fig.ipynb": 75.0}))
+    times = batch.run_batch("smoke", folder=tmp_path, build_dir=build)
+    assert (build / "figures" / "agg.png").is_file()
+    executed = nbformat.read(build / "executed" / "01_fig.ipynb", as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # each figure once: shown by save_figure, not again by the inline backend
+    html = (build / "executed" / "01_fig.html").read_text()
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64', html)) == 2
+    assert json.loads((build / "times.json").read_text()) == {"01_fig.ipynb": pytest.approx(times[0][1])}
+    out, err = capfd.readouterr()
+    assert "1 notebook(s), profile smoke; the last run took 1m15s" in out and "1/1 01_fig done in" in out
+    assert "without encryption" not in err
+
+
+def test_progress_lines():
+    stream = io.StringIO()
+    progress = batch.Progress(stream, every=0)
+    progress.start("2/6 02_pairs", expected=100.0)
+    progress.cell_done(3, 10)
+    progress.stop()
+    assert stream.getvalue().startswith("[batch] 2/6 02_pairs 3/10 cells, 0s (last run 1m40s, ~1m40s left)\n")
+    assert [batch.duration(s) for s in (5, 92, 3900)] == ["5s", "1m32s", "1h05m"]
 
 
 def test_numeric_order_and_unknown_parameters(tmp_path):
@@ -57,9 +105,9 @@ def test_numeric_order_and_unknown_parameters(tmp_path):
         _tiny_notebook(tmp_path, name, "x = 1")
     assert [p.name for p in batch.notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
     with pytest.raises(batch.BatchError, match="unknown parameter.*'valeu'"):
-        batch.run_batch("smoke", folder=tmp_path, overrides={"valeu": 2})
+        batch.run_batch("smoke", folder=tmp_path, overrides={"valeu": 2}, build_dir=tmp_path / "build")
     with pytest.raises(batch.BatchError, match="unknown profile"):
-        batch.run_batch("fast", folder=tmp_path)
+        batch.run_batch("fast", folder=tmp_path, build_dir=tmp_path / "build")
 
 
 def test_bad_parameter_value_fails_first_cell(data_root, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 
 from qfm_lib import experiments as E
 from qfm_lib.cache import atomic_write, cache_path, digest
+from qfm_lib.decoder import DecoderConfig, TokenSet
 from qfm_lib.manifold import ManifoldConfig
 from qfm_lib.models import TrainConfig
 
@@ -22,16 +23,23 @@ def _inputs(n=90, d=16, k=3, seed=0, n_views=2):
         parts = np.array(["train"] * 54 + ["val"] * 18 + ["test"] * 18)
         splits[f"split_{s}"] = rng.permutation(parts)
     order = np.argsort(-rng.random((n, k)), axis=1)
+    cells = np.repeat(x[:, None, :8], 16, axis=1) + rng.normal(0, 0.5, (n, 16, 8))  # 4x4 token maps
+    tokens = TokenSet(cells.reshape(-1, 8).astype(np.float16), np.full((n, 2), 4), names)
     return E.ProtocolInputs(x, y, splits, {"full_entry": "F", "crops_entry": "C"}, crops, order,
-                            rng.normal(size=(n, 5)), n_views, 0)
+                            rng.normal(size=(n, 5)), n_views, 0, tokens, rng.random((n, 4, 4)))
 
 
 @pytest.fixture
 def fast_variants(monkeypatch):
     """The registry's variants with few epochs, so the protocol runs in seconds."""
     quick = {"max_epochs": 8, "patience": 8}
-    table = {name: (E.Variant(v.kind, type(v.config)(**{**v.config.__dict__, **quick}), v.eps_from)
-                    if v.config is not None else v) for name, v in E.VARIANTS.items()}
+    tiny = {"window": 2, "dim": 16, "heads": 2, "gate_hidden": 8, "batch_images": 16, "max_epochs": 4, "patience": 4}
+
+    def fast(cfg):
+        return type(cfg)(**{**cfg.__dict__, **(tiny if isinstance(cfg, DecoderConfig) else quick)})
+
+    table = {name: (E.Variant(v.kind, fast(v.config), v.eps_from) if v.config is not None else v)
+             for name, v in E.VARIANTS.items()}
     monkeypatch.setattr(E, "VARIANTS", table)
     return table
 
@@ -47,14 +55,32 @@ def test_every_variant_runs_and_rows_are_cached(fast_variants, monkeypatch):
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_parallel_rows_equal_serial_rows(fast_variants, tmp_path, monkeypatch):
+    inp = _inputs()
+    names = ["ridge", "decoder+gate", "qfm-iqm + distillation", "lmc-windows"]
+    serial = E.evaluate(inp, names, n_splits=2, progress=False, n_jobs=1)
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "other"))
+    parallel = E.evaluate(inp, names, n_splits=2, progress=False, n_jobs=2)
+    cols = ["variant", "split", "plcc", "srcc", "krcc", "rmse", "val_score", "settings"]
+    pd.testing.assert_frame_equal(serial[cols], parallel[cols])
+
+
+def test_code_digest_covers_every_imported_module():
+    files = E.code_files()
+    for module in ["experiments.py", "models.py", "pairs.py", "analysis.py", "decoder.py", "qfm_iqm.py",
+                   "local_manifold.py", "saliency.py", "metrics.py"]:
+        assert module in files
+    assert "batch.py" not in files and "plots.py" not in files
+
+
 def test_selection_never_reads_test_labels(fast_variants):
     inp = _inputs()
     test = inp.parts(0)["test"]
     shuffled = inp.y.copy()
     shuffled[test] = np.random.default_rng(1).permutation(shuffled[test])[::-1]
     other = E.ProtocolInputs(inp.x, shuffled, inp.splits, {"full_entry": "F2", "crops_entry": "C2"},
-                             inp.crops, inp.crop_order, inp.brisque, inp.n_views, 0)
-    for name in ["ridge", "gated+matching", "lmc"]:
+                             inp.crops, inp.crop_order, inp.brisque, inp.n_views, 0, inp.tokens, inp.cell_saliency)
+    for name in ["ridge", "gated+matching", "lmc", "qfm-iqm (gate+adversarial matching)", "lmc-windows"]:
         a, b = E.evaluate_row(inp, name, 0), E.evaluate_row(other, name, 0)
         assert a["settings"] == b["settings"] and a["val_score"] == pytest.approx(b["val_score"])
         assert a["srcc"] != pytest.approx(b["srcc"])  # the test metrics did read the (shuffled) test labels
@@ -89,6 +115,13 @@ def test_registry_configs_are_what_their_names_say():
     assert v["lmc - intra-class negatives"].config.intra_weight == 0
     assert v["lmc - mutual learning"].config.mutual_weight == 0 and v["lmc"].config.mutual_weight > 0
     assert isinstance(v["lmc"].config, ManifoldConfig) and isinstance(v["mlp"].config, TrainConfig)
+    assert not v["decoder"].config.gated and v["decoder+gate"].config.gated and not v["decoder+gate"].config.adv_weight
+    q = v["qfm-iqm (gate+adversarial matching)"].config
+    assert q.gated and q.adv_weight > 0 and v["qfm-iqm + distillation"].config.distill_weight > 0
+    assert v["lmc-windows - intra-class negatives"].config.intra_weight == 0
+    assert v["lmc-windows - mutual term"].config.mutual_weight == 0 and v["lmc-windows - mutual term"].config.ema
+    assert v["lmc-windows, random anchor"].config.anchor == "random"
+    assert v["window regression (EMA)"].config.contrastive_weight == 0
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -64,9 +64,9 @@ def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, m
     calls = {"n": 0}
     real = F._forward_views
 
-    def dies_on_third(*args, **kwargs):
+    def dies_on_third(*args, **kwargs):  # one forward call per chunk: whole images are batched
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -78,8 +78,10 @@ def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, m
     calls["n"] = -100
     monkeypatch.setattr(F, "_forward_views", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
     resumed = extract_features(small_livec, FeatureSpec(), lite0, progress=False)
-    assert calls["n"] == -100 + 3  # chunk 0 (2 images) was reused; 3 images recomputed
+    assert calls["n"] == -100 + 2  # chunk 0 (2 images) was reused; the other 2 chunks recomputed
     np.testing.assert_allclose(resumed.full, clean.full, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(resumed.tokens), np.asarray(clean.tokens))
+    assert resumed.tokens.shape == (int(clean.token_grid.prod(1).sum()), len(clean.token_channels))
     assert not any(e.endswith(".partial") for e in _entries(tmp_path))
 
 

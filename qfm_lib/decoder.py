@@ -1,0 +1,427 @@
+"""A DEIQT-style quality decoder on cached token maps, and the one training loop of every token model.
+
+DEIQT (Qin et al., AAAI 2023) reads a backbone's tokens with a transformer decoder whose learnable
+quality query cross-attends them. Here the backbone stays frozen and its token maps are cached
+(features.py: 2176 channels per cell of the stride-32 grid), so only the decoder learns:
+
+    tokens (B, T, C), z-scored per channel with the training images' statistics
+    -> channel gate: x * 2·sigmoid(MLP(mean_T x))  (input-conditioned, per channel, identity at init;
+       QFM-IQM's adaptive feature selection on the upstream features; off: x unchanged)
+    -> projection C -> d, LayerNorm
+    -> `layers` x [learnable quality query cross-attends the tokens, residual, FFN]
+    -> score (and, for the contrastive models, a projection head on the query)
+
+Tokens carry no positional embedding: the decoder reads a bag of cells, so it applies unchanged to
+a window of the map or to the whole map. Training reads random windows (crops of the token map,
+`window` x `window` cells, 7x7 ≈ 224 px), drawn afresh every epoch; evaluation averages the scores
+of an `eval_grid` x `eval_grid` grid of windows covering the map (window 0: the whole map).
+
+The loop (`fit_decoder`) carries every optional term, each off by default:
+* semantic noisy matching, adversarial (QFM-IQM, qfm_iqm.py): `adv_weight`;
+* teacher-labelled extra views (distillation): `distill_weight`;
+* salient-window local-manifold contrast with EMA mutual learning (local_manifold.py).
+Model selection: early stopping on the validation images' (SRCC + PLCC) / 2.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .metrics import selection_score
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    gated: bool = True
+    dim: int = 128
+    heads: int = 4
+    layers: int = 1
+    gate_hidden: int = 64
+    dropout: float = 0.1
+    window: int = 7                 # cells per side of a training window; 0 = the whole map
+    eval_grid: int = 2              # eval_grid x eval_grid windows averaged at test time
+    pca: int = 0                    # >0: read the tokens through a PCA to this many components
+                                    # (fitted on the training images; no channel gate then)
+    # QFM-IQM: adversarial semantic noisy matching (0 = off)
+    adv_weight: float = 0.0
+    adv_eps: float = 0.3
+    adv_candidates: int = 2
+    gap_quantile: float = 0.05
+    dist_quantile: float = 0.8
+    # distillation: teacher-labelled extra views (0 = off)
+    distill_weight: float = 0.0
+    # local-manifold contrast (0 = off)
+    n_windows: int = 1              # windows per image per step
+    contrastive_weight: float = 0.0
+    intra_weight: float = 1.0
+    temperature: float = 0.2
+    proj_dim: int = 64
+    anchor: str = "learned"         # learned (EMA attention) | spectral | random
+    mutual_weight: float = 0.0
+    ema: bool = False               # an EMA teacher (used for evaluation, keys and learned saliency)
+    ema_decay: float = 0.99
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_images: int = 32
+    max_epochs: int = 24
+    patience: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pca and self.gated:
+            raise ValueError("the channel gate acts on backbone channels: use pca=0 with gated=True")
+        if self.window < 0 or self.eval_grid < 1 or self.n_windows < 1:
+            raise ValueError(f"bad window settings: window={self.window}, eval_grid={self.eval_grid}, "
+                             f"n_windows={self.n_windows}")
+        if self.anchor not in ("learned", "spectral", "random"):
+            raise ValueError(f"anchor must be learned, spectral or random, got {self.anchor!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+
+
+class QualityDecoder(nn.Module):
+    """Channel gate -> projection -> quality query cross-attending the tokens -> score."""
+
+    def __init__(self, channels: int, cfg: DecoderConfig):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(channels, cfg.gate_hidden), nn.ReLU(),
+                                  nn.Linear(cfg.gate_hidden, channels)) if cfg.gated else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate[2].weight)
+            nn.init.zeros_(self.gate[2].bias)
+        # dropout after the projection: on the 2176 input channels it cost more than the matmul
+        self.proj = nn.Sequential(nn.Linear(channels, cfg.dim), nn.LayerNorm(cfg.dim), nn.Dropout(cfg.dropout))
+        self.query = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
+        self.attn = nn.ModuleList(nn.MultiheadAttention(cfg.dim, cfg.heads, dropout=cfg.dropout, batch_first=True)
+                                  for _ in range(cfg.layers))
+        self.norm = nn.ModuleList(nn.LayerNorm(cfg.dim) for _ in range(2 * cfg.layers))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                               nn.Linear(2 * cfg.dim, cfg.dim)) for _ in range(cfg.layers))
+        self.head = nn.Linear(cfg.dim, 1)
+        self.embed_head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.ReLU(), nn.Linear(cfg.dim, cfg.proj_dim))
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., T, C) tokens -> (..., C) channel multipliers (ones without a gate)."""
+        if self.gate is None:
+            return torch.ones_like(x[..., 0, :])
+        return 2 * torch.sigmoid(self.gate(x.mean(-2)))
+
+    def forward(self, x: torch.Tensor, need_attention: bool = False):
+        """x (B, T, C) -> score (B,), query state (B, d) and, if asked, attention over T (B, T)."""
+        x = x * self.gate_values(x).unsqueeze(-2)
+        tokens = self.proj(x)
+        q = self.query.expand(len(x), -1, -1)
+        weights = None
+        for i, (attn, ffn) in enumerate(zip(self.attn, self.ffn)):
+            out, weights = attn(q, tokens, tokens, need_weights=need_attention)
+            q = self.norm[2 * i](q + out)
+            q = self.norm[2 * i + 1](q + ffn(q))
+        q = q.squeeze(1)
+        score = self.head(q).squeeze(-1)
+        return (score, q, weights.squeeze(1)) if need_attention else (score, q)
+
+    def token_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T): the first layer's quality-query attention logits (before the
+        softmax, mean over heads), comparable across windows: where the query looks."""
+        x = x * self.gate_values(x).unsqueeze(-2)
+        tokens = self.proj(x)
+        attn = self.attn[0]
+        d = tokens.shape[-1]
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q = (self.query[0, 0] @ w[:d].T + b[:d]).view(attn.num_heads, -1)               # (H, dh)
+        k = (tokens @ w[d:2 * d].T + b[d:2 * d]).view(*tokens.shape[:2], attn.num_heads, -1)
+        return torch.einsum("hd,bthd->bt", q, k) / (q.shape[1] ** 0.5 * attn.num_heads)
+
+    def embed(self, q: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed_head(q), dim=-1)
+
+
+# ---------------------------------------------------------------- token data and windows
+
+class TokenSet:
+    """Token maps of a set of images, and per-channel normalisation from given (training) rows.
+
+    tokens: (total cells, C), every image's cells row-major, image after image (fp16, memory-mapped
+    is fine); grid: (N, 2) each image's rows and columns."""
+
+    def __init__(self, tokens: np.ndarray, grid: np.ndarray, names: list[str] | None = None):
+        self.grid = np.asarray(grid, dtype=np.int64).reshape(-1, 2)
+        cells = self.grid.prod(1)
+        if tokens.ndim != 2 or len(tokens) != cells.sum():
+            raise ValueError(f"tokens must be (total cells, C) with {cells.sum()} cells for these grids, "
+                             f"got {tokens.shape}")
+        self.tokens = tokens
+        self.offsets = np.concatenate([[0], np.cumsum(cells)[:-1]])
+        self.names = names or [str(i) for i in range(len(self.grid))]
+        self.mean = np.zeros(tokens.shape[1], np.float32)
+        self.std = np.ones(tokens.shape[1], np.float32)
+        self._fitted_on, self._fitted = None, None
+
+    @property
+    def channels(self) -> int:
+        return self.tokens.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    def fit_normalisation(self, rows: np.ndarray) -> "TokenSet":
+        """Per-channel mean/std over every cell of `rows` (the training images); the last result is
+        remembered, so refitting on the same rows is free."""
+        rows = np.asarray(rows)
+        key = rows.tobytes()
+        if self._fitted_on == key:
+            self.mean, self.std = self._fitted
+            return self
+        total, sq, n = 0.0, 0.0, 0
+        for r in rows:
+            cells = torch.from_numpy(np.array(self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()])).double()
+            total, sq, n = total + cells.sum(0), sq + cells.square().sum(0), n + len(cells)
+        mean = (total / n).numpy()
+        std = np.sqrt(np.maximum((sq / n).numpy() - mean ** 2, 0))
+        self.mean, self.std = mean.astype(np.float32), np.where(std > 0, std, 1).astype(np.float32)
+        self._fitted_on, self._fitted = key, (self.mean, self.std)
+        return self
+
+    def cell_index(self, rows: np.ndarray, tops: np.ndarray | None, lefts: np.ndarray | None,
+                   window: int) -> np.ndarray:
+        """(len(rows), T) indices into `tokens` of each window's cells (window 0: the whole map,
+        which needs the rows to share one grid)."""
+        rows = np.asarray(rows)
+        cols = self.grid[rows, 1]
+        if window <= 0:
+            if len({tuple(g) for g in self.grid[rows]}) > 1:
+                raise ValueError("whole maps of images with different grids cannot form one batch")
+            return self.offsets[rows][:, None] + np.arange(self.grid[rows[0]].prod())[None]
+        i, j = np.divmod(np.arange(window * window), window)
+        return (self.offsets[rows][:, None] + (tops[:, None] + i[None]) * cols[:, None]
+                + lefts[:, None] + j[None])
+
+    def windows(self, rows: np.ndarray, tops: np.ndarray | None, lefts: np.ndarray | None,
+                window: int) -> torch.Tensor:
+        """(len(rows), T, C) normalised float32 tokens of each window; only its cells are read."""
+        idx = self.cell_index(rows, tops, lefts, window)
+        cells = torch.from_numpy(np.asarray(self.tokens[idx.ravel()])).float()  # torch converts fp16 ~4x faster
+        cells = cells.view(*idx.shape, self.channels)
+        return cells.sub_(torch.from_numpy(self.mean)).div_(torch.from_numpy(self.std))
+
+    def image_means(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) each image's raw (unnormalised) token channels averaged over its cells."""
+        return np.stack([np.asarray(self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()],
+                                    dtype=np.float32).mean(0) for r in rows])
+
+    def reduced(self, rows: np.ndarray, components: int, per_image: int = 64, seed: int = 0) -> "TokenSet":
+        """The tokens through a whitened PCA to `components` channels, fitted on `per_image` random
+        cells of each image in `rows` (the training images); ~8x cheaper to train on than 2176."""
+        from sklearn.decomposition import PCA
+
+        self.fit_normalisation(rows)
+        rng = np.random.default_rng(seed)
+        sample = np.concatenate([self.offsets[r] + rng.choice(self.grid[r].prod(), min(per_image, self.grid[r].prod()),
+                                                              replace=False) for r in rows])
+        pca = PCA(components, whiten=True, random_state=seed).fit(self._normalised(np.sort(sample)).numpy())
+        weight = torch.from_numpy((pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T.astype(np.float32))
+        shift = torch.from_numpy(pca.mean_.astype(np.float32)) @ weight
+        out = np.empty((len(self.tokens), components), np.float16)
+        for start in range(0, len(self.tokens), 8192):
+            idx = np.arange(start, min(start + 8192, len(self.tokens)))
+            out[idx] = (self._normalised(idx) @ weight - shift).numpy()
+        return TokenSet(out, self.grid, self.names)
+
+    def _normalised(self, idx: np.ndarray) -> torch.Tensor:
+        cells = torch.from_numpy(np.asarray(self.tokens[idx])).float()
+        return cells.sub_(torch.from_numpy(self.mean)).div_(torch.from_numpy(self.std))
+
+    def check_window(self, rows: np.ndarray, window: int) -> None:
+        """Every image in `rows` must hold at least one window."""
+        if window <= 0:
+            return
+        small = [r for r in rows if min(self.grid[r]) < window]
+        if small:
+            r = small[0]
+            raise ValueError(f"image {self.names[r]} has a {self.grid[r][0]}x{self.grid[r][1]} token grid, smaller "
+                             f"than the {window}x{window} window ({len(small)} such images); use a smaller window")
+
+    def random_positions(self, rows: np.ndarray, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if window <= 0:
+            return np.zeros(len(rows), int), np.zeros(len(rows), int)
+        g = self.grid[rows]
+        return rng.integers(0, g[:, 0] - window + 1), rng.integers(0, g[:, 1] - window + 1)
+
+    def grid_positions(self, row: int, window: int, n: int) -> list[tuple[int, int]]:
+        """n x n evenly spaced window positions covering one image's map."""
+        if window <= 0:
+            return [(0, 0)]
+        h, w = self.grid[row]
+        tops = np.unique(np.round(np.linspace(0, h - window, n)).astype(int))
+        lefts = np.unique(np.round(np.linspace(0, w - window, n)).astype(int))
+        return [(t, l) for t in tops for l in lefts]
+
+
+# ---------------------------------------------------------------- the model and its training
+
+@dataclass
+class TrainedDecoder:
+    model: QualityDecoder
+    tokens_mean: np.ndarray
+    tokens_std: np.ndarray
+    y_mean: float
+    y_std: float
+    config: DecoderConfig
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    reduced: TokenSet | None = None   # the PCA tokens a pca model was trained and is scored on
+
+    def _set(self, tokens: TokenSet) -> TokenSet:
+        if self.config.pca:
+            if self.reduced is None or len(self.reduced) != len(tokens):
+                raise ValueError("a PCA-token model scores the token set it was trained with")
+            return self.reduced
+        tokens.mean, tokens.std = self.tokens_mean, self.tokens_std
+        return tokens
+
+    def window_scores(self, tokens: TokenSet, rows: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """(len(rows), n_windows) scores of each image's evaluation windows (MOS scale; NaN where
+        an image has fewer windows than the widest)."""
+        self.model.eval()
+        tokens = self._set(tokens)
+        rows = np.asarray(rows)
+        tokens.check_window(rows, self.config.window)
+        pos = [tokens.grid_positions(r, self.config.window, self.config.eval_grid) for r in rows]
+        owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pos)])
+        flat = np.array([q for p in pos for q in p])
+        scores = []
+        with torch.no_grad():
+            for start in range(0, len(owner), chunk):
+                sel = slice(start, start + chunk)
+                x = tokens.windows(rows[owner[sel]], flat[sel, 0], flat[sel, 1], self.config.window)
+                scores.append(self.model(x)[0].numpy())
+        scores = np.concatenate(scores)
+        out = np.full((len(rows), max(len(p) for p in pos)), np.nan)
+        slot = np.concatenate([np.arange(len(p)) for p in pos])
+        out[owner, slot] = scores
+        return out * self.y_std + self.y_mean
+
+    def predict(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
+        """Quality of each image: the mean score of its evaluation windows."""
+        return np.nanmean(self.window_scores(tokens, np.asarray(rows)), axis=1)
+
+    def gate_values(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) channel multipliers of the gate on each whole map."""
+        self.model.eval()
+        tokens = self._set(tokens)
+        with torch.no_grad():
+            return np.stack([self.model.gate_values(tokens.windows(np.array([r]), None, None, 0))[0].numpy()
+                             for r in rows])
+
+    def state(self) -> dict:
+        return {"state_dict": self.model.state_dict(), "tokens_mean": torch.from_numpy(self.tokens_mean),
+                "tokens_std": torch.from_numpy(self.tokens_std), "y_mean": self.y_mean, "y_std": self.y_std,
+                "config": asdict(self.config), "best_epoch": self.best_epoch}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TrainedDecoder":
+        cfg = DecoderConfig(**state["config"])
+        mean = np.asarray(state["tokens_mean"], dtype=np.float32)
+        model = QualityDecoder(len(mean), cfg)
+        model.load_state_dict(state["state_dict"])
+        return cls(model.eval(), mean, np.asarray(state["tokens_std"], dtype=np.float32), state["y_mean"],
+                   state["y_std"], cfg, state["best_epoch"])
+
+
+@dataclass
+class Batch:
+    """What an extra loss term sees of one training step."""
+    rows: np.ndarray          # (B,) image rows
+    x: torch.Tensor           # (B, K, T, C) window tokens, K = cfg.n_windows
+    target: torch.Tensor      # (B,) standardised labels
+    score: torch.Tensor       # (B, K) student scores
+    query: torch.Tensor       # (B, K, d) student query states
+    rng: np.random.Generator
+    tokens: TokenSet          # the token set trained on (PCA tokens for a pca model)
+    teacher: "QualityDecoder | None" = None  # the EMA teacher, when cfg.ema
+
+
+ExtraTerm = Callable[[QualityDecoder, Batch], torch.Tensor]
+
+
+def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndarray, cfg: DecoderConfig,
+                extra_terms: list[ExtraTerm] = (), choose_windows=None, extra_views=None,
+                progress: bool = False, keep_last: bool = False) -> TrainedDecoder:
+    """Train a decoder on the images `train` (rows of `tokens`), early stopping on `val`.
+
+    extra_terms: functions (model, Batch) -> loss added to the regression loss (QFM matching, ...).
+    choose_windows(model_or_teacher, tokens, rows, rng) -> (tops, lefts) of (B, K) windows, for
+    models that pick their windows (local manifold); default: K random windows per image.
+    extra_views: (rows, tops, lefts, labels) teacher-labelled windows (distillation), a fresh draw
+    of len(train) of them joining every epoch with weight cfg.distill_weight.
+    Deterministic for cfg.seed with torch's threads fixed."""
+    from .models import EarlyStopping
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train, val = np.asarray(train), np.asarray(val)
+    tokens.check_window(np.concatenate([train, val]), cfg.window)
+    if cfg.pca:
+        tokens = tokens.reduced(train, cfg.pca, seed=cfg.seed)  # whitened: mean 0, std 1 already
+    else:
+        tokens.fit_normalisation(train)
+    y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
+    t_all = torch.from_numpy(((y - y_mean) / y_std).astype(np.float32))
+    model = QualityDecoder(tokens.channels, cfg)
+    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainedDecoder(model, tokens.mean, tokens.std, y_mean, y_std, cfg, 0, [], tokens if cfg.pca else None)
+    stopper, history = EarlyStopping(cfg.patience, keep_last), []
+    for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
+        model.train()
+        losses = []
+        perm = rng.permutation(train)
+        for start in range(0, len(perm), cfg.batch_images):
+            rows = perm[start:start + cfg.batch_images]
+            if choose_windows is not None:
+                tops, lefts = choose_windows(teacher or model, tokens, rows, rng)
+            else:
+                pos = [tokens.random_positions(rows, cfg.window, rng) for _ in range(cfg.n_windows)]
+                tops, lefts = np.stack([p[0] for p in pos], 1), np.stack([p[1] for p in pos], 1)
+            k = tops.shape[1]
+            x = tokens.windows(np.repeat(rows, k), tops.ravel(), lefts.ravel(), cfg.window)
+            score, query = model(x)
+            target = t_all[rows]
+            loss = F.smooth_l1_loss(score, target.repeat_interleave(k))
+            batch = Batch(rows, x.view(len(rows), k, *x.shape[1:]), target, score.view(len(rows), k),
+                          query.view(len(rows), k, -1), rng, tokens, teacher)
+            for term in extra_terms:
+                loss = loss + term(model, batch)
+            if extra_views is not None and cfg.distill_weight:
+                v_rows, v_tops, v_lefts, v_labels = extra_views
+                pick = rng.integers(0, len(v_rows), len(rows))
+                xv = tokens.windows(v_rows[pick], v_tops[pick], v_lefts[pick], cfg.window)
+                tv = torch.from_numpy(((v_labels[pick] - y_mean) / y_std).astype(np.float32))
+                loss = loss + cfg.distill_weight * F.smooth_l1_loss(model(xv)[0], tv)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if teacher is not None:
+                with torch.no_grad():
+                    for pt, ps in zip(teacher.parameters(), model.parameters()):
+                        pt.lerp_(ps, 1 - cfg.ema_decay)
+            losses.append(loss.item())
+        scorer = teacher if teacher is not None else model
+        result.model = scorer
+        score = selection_score(result.predict(tokens, val), y[val])
+        result.model = model
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
+        if stopper.step(epoch, score, scorer):
+            break
+    final = QualityDecoder(tokens.channels, cfg)
+    final.load_state_dict(stopper.state)
+    return TrainedDecoder(final.eval(), tokens.mean, tokens.std, y_mean, y_std, cfg, stopper.best_epoch, history,
+                          tokens if cfg.pca else None)

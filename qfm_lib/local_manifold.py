@@ -1,0 +1,120 @@
+"""Salient-window local-manifold contrastive learning with mutual learning (arXiv 2406.19247), on
+token windows. Our reading of the abstract; there is no official code.
+
+Tokens are read through a PCA to `pca` components fitted on the training images (no channel gate in
+this method; ~8x cheaper per step). Crops are windows of the cached token map (7x7 cells of the stride-32 grid ≈ 224 px), `n_windows`
+of them sampled afresh per image and step. The most salient window is the anchor:
+* learned saliency (default): where the EMA teacher's quality query looks: its attention logits
+  averaged inside each window (comparable across windows, unlike softmax weights): mutual learning
+  is how the model learns where the salient regions are;
+* spectral: the spectral-residual map (saliency.cell_saliency, fixed, weight-free) inside the window;
+* random: an arbitrary window (ablation).
+Loss per step, besides each window's regression on its image's MOS:
+* class term: every window's embedding is pulled towards the anchor's key (anchor-centred positive:
+  the salient window clusters the image's other windows) against the other images' windows;
+* anchor term: the anchor picks out its own key against the other images' windows and, as
+  intra-class negatives weighted by `intra_weight`, its own image's non-salient windows, so the
+  local manifold of one image does not collapse onto a point;
+* mutual term: each window's score is pulled towards the EMA teacher's mean score of its image.
+Keys come from the EMA teacher (MoCo-style). Evaluation: the EMA teacher's mean over the grid windows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
+
+
+def anchored_contrast(query: torch.Tensor, keys: torch.Tensor, temperature: float,
+                      intra_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """query, keys: (B, K, P) unit vectors, window 0 of each image its anchor.
+    class term: every window's query against all keys, its positive the anchor key of its image;
+    anchor term: the anchor's query, positive its own key, the other images' windows and (weighted
+    by intra_weight) its own image's other windows as negatives."""
+    b, k, _ = query.shape
+    logits = query.reshape(b * k, -1) @ keys.reshape(b * k, -1).T / temperature     # (BK, BK)
+    image = torch.arange(b).repeat_interleave(k)
+    anchor_col = image * k
+    own = image[:, None] == image[None, :]
+    # class term: softmax over the anchors of all images and the other images' windows
+    allowed = ~own
+    allowed[torch.arange(b * k), anchor_col] = True
+    masked = logits.masked_fill(~allowed, -math.inf)
+    class_term = (masked.logsumexp(1) - logits[torch.arange(b * k), anchor_col]).mean()
+    rows = logits[::k]                                                                 # (B, BK)
+    weights = torch.ones_like(rows)
+    weights[own[::k]] = intra_weight
+    weights[torch.arange(b), torch.arange(b) * k] = 1.0
+    log_w = torch.log(weights.clamp_min(1e-12)).masked_fill(weights == 0, -math.inf)
+    anchor_term = (torch.logsumexp(rows + log_w, 1) - rows[torch.arange(b), torch.arange(b) * k]).mean()
+    return class_term, anchor_term
+
+
+def window_mass(cell_map: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
+    """(B, H, W) per-cell saliency, (B, K) window positions -> (B, K) mean saliency inside each window."""
+    csum = np.pad(cell_map.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    b = np.arange(len(cell_map))[:, None]
+    bottom, right = tops + window, lefts + window
+    total = csum[b, bottom, right] - csum[b, tops, right] - csum[b, bottom, lefts] + csum[b, tops, lefts]
+    return total / window ** 2
+
+
+def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):
+    """choose_windows for fit_decoder: n_windows random windows per image, the most salient first."""
+
+    def choose(model: QualityDecoder, tokens: TokenSet, rows: np.ndarray, rng: np.random.Generator):
+        pos = [tokens.random_positions(rows, cfg.window, rng) for _ in range(cfg.n_windows)]
+        tops, lefts = np.stack([p[0] for p in pos], 1), np.stack([p[1] for p in pos], 1)
+        if cfg.anchor == "random":
+            return tops, lefts
+        if cfg.anchor == "spectral":
+            if spectral is None:
+                raise ValueError("anchor='spectral' needs the spectral-residual cell saliency")
+            mass = window_mass(spectral[rows], tops, lefts, cfg.window)
+        else:  # learned: where the (EMA) model's quality query looks, mean logit inside each window
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window)
+                mass = model.token_logits(x).mean(1).view(len(rows), cfg.n_windows).numpy()
+            model.train(was)
+        order = np.argsort(-mass, axis=1, kind="stable")
+        return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1)
+
+    return choose
+
+
+def manifold_terms(cfg: DecoderConfig):
+    """Contrastive (class + anchor) and mutual terms on a batch whose window 0 is the anchor."""
+
+    def term(model: QualityDecoder, batch: Batch) -> torch.Tensor:
+        loss = batch.score.new_zeros(())
+        query = model.embed(batch.query)                                   # (B, K, P)
+        keys = query
+        if batch.teacher is not None:
+            with torch.no_grad():
+                flat = batch.x.reshape(-1, *batch.x.shape[2:])
+                t_score, t_q = batch.teacher(flat)
+                keys = batch.teacher.embed(t_q).view_as(query)
+                t_mean = t_score.view(batch.score.shape).mean(1, keepdim=True)
+            if cfg.mutual_weight:
+                loss = loss + cfg.mutual_weight * F.smooth_l1_loss(batch.score, t_mean.expand_as(batch.score))
+        if cfg.contrastive_weight and len(batch.rows) > 1:
+            class_term, anchor_term = anchored_contrast(query, keys, cfg.temperature, cfg.intra_weight)
+            loss = loss + cfg.contrastive_weight * (class_term + anchor_term)
+        return loss
+
+    return term
+
+
+def fit_manifold_decoder(tokens: TokenSet, y: np.ndarray, parts: dict[str, np.ndarray], cfg: DecoderConfig,
+                         spectral: np.ndarray | None = None, progress: bool = False,
+                         keep_last: bool = False) -> TrainedDecoder:
+    """One local-manifold variant on one split (window choice needs the tokens' normalisation from
+    the training part, which fit_decoder sets before the first step)."""
+    return fit_decoder(tokens, y, parts["train"], parts["val"], cfg, [manifold_terms(cfg)],
+                       choose_windows=window_chooser(cfg, spectral), progress=progress, keep_last=keep_last)

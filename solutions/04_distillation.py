@@ -1,0 +1,198 @@
+"""Solutions to the exercises of notebooks/04_distillation.ipynb.
+
+Each solution_N() runs on a small seeded subset of LIVEC (60 images, split 0: 37 training and
+10 validation images) and returns a dict that can be checked. Nothing here reads the test part:
+every choice and every score is made on the validation images. Run all of them with
+
+    QFM_DATA_ROOT=/path/to/data python solutions/04_distillation.py
+
+(set QFM_CACHE_DIR to the cache of a smoke run to reuse its features; the first run extracts the
+token maps of the 60 images, about a minute on two CPU cores; the solutions then take well under
+a minute). The numbers on 60 images are noisy: they show how to do each exercise, not the answer
+on the full dataset; rerun with N_IMAGES = None (and patience) for that.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.linear_model import RidgeCV
+
+from qfm_lib import experiments as E
+from qfm_lib import qfm_iqm
+from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+from qfm_lib.metrics import selection_score
+from qfm_lib.splits import split_parts
+from qfm_lib.study import load_study_data
+
+DATASET, BACKBONE, N_IMAGES, SEED, SPLIT = "livec", "tf_efficientnet_lite0", 60, 0, 0
+STUDENT, DISTILLED = "qfm-iqm (gate+adversarial matching)", "qfm-iqm + distillation"
+
+
+@functools.lru_cache(maxsize=1)
+def setup():
+    """Study data, token set, split parts and the distilled variant's config (the study's seed)."""
+    torch.set_num_threads(1)  # as the protocol does: deterministic, and kind to a shared machine
+    study = load_study_data(DATASET, BACKBONE, n_images=N_IMAGES, seed=SEED)
+    feats = study.features
+    tokens = TokenSet(feats.tokens, feats.token_grid, feats.names)
+    parts = split_parts(study.splits, SPLIT)
+    cfg = replace(E.VARIANTS[DISTILLED].config, seed=SEED)
+    return study.mos, feats.full, tokens, parts, cfg
+
+
+def val_score(model, tokens, y, val) -> float:
+    return float(selection_score(model.predict(tokens, val), y[val]))
+
+
+@functools.lru_cache(maxsize=1)
+def student_eps() -> float:
+    """The matching strength the student alone chooses on validation (what eps_from reuses)."""
+    y, x, tokens, parts, cfg = setup()
+    model = qfm_iqm.fit_qfm_decoder(tokens, y, x, parts, replace(cfg, distill_weight=0.0))
+    return float(model.config.adv_eps)
+
+
+@functools.lru_cache(maxsize=1)
+def oof_views():
+    """The out-of-fold ridge teacher's views of the training images (what the protocol uses)."""
+    y, x, tokens, parts, cfg = setup()
+    tokens.fit_normalisation(parts["train"])
+    return qfm_iqm.window_teacher_views(tokens, y, parts["train"], cfg, seed=SEED)
+
+
+def train_student(views, weight: float | None = None):
+    """The distilled student on split SPLIT with the given extra views (rows, tops, lefts, labels),
+    the student's eps, adversarial matching on: fit_qfm_decoder for one eps, with our own views."""
+    y, x, tokens, parts, cfg = setup()
+    c = replace(cfg, adv_eps=student_eps(), distill_weight=cfg.distill_weight if weight is None else weight)
+    partners = qfm_iqm.matching_partners(x, y, parts["train"], c)
+    return fit_decoder(tokens, y, parts["train"], parts["val"], c, [qfm_iqm.adversarial_matching(partners, c)],
+                       extra_views=views)
+
+
+def label_stats(rows, labels) -> dict:
+    y = setup()[0]
+    return {"srcc": float(spearmanr(labels, y[rows])[0]), "std_ratio": float(labels.std() / y[rows].std()),
+            "mae": float(np.abs(labels - y[rows]).mean())}
+
+
+def window_means(tokens, rows, tops, lefts, window):
+    return np.concatenate([tokens.windows(rows[i:i + 256], tops[i:i + 256], lefts[i:i + 256], window).mean(1).numpy()
+                           for i in range(0, len(rows), 256)])
+
+
+def solution_1(weights=(0.0, 0.1, 0.5, 2.0)) -> dict:
+    """Distillation weight. Prediction: 0 is the student alone; the views' labels are shrunk and only
+    moderately correlated with the MOS, so a large weight pulls the student towards a weaker,
+    narrower teacher (its predictions compress towards the mean; SRCC suffers first), while a small
+    weight changes little. What 60 images show instead: any weight > 0 also changes the random
+    stream the training draws from (the views are picked with the same generator), and on 37
+    training images that alone moves the validation score a lot; compare over several splits and
+    seeds before reading a trend into the weights.
+    Returns {"eps": ..., "val_score": {weight: (SRCC+PLCC)/2 on validation}}."""
+    y, x, tokens, parts, cfg = setup()
+    views = oof_views()
+    scores = {}
+    for w in weights:
+        model = train_student(views if w else None, weight=w)
+        scores[w] = val_score(model, tokens, y, parts["val"])
+    return {"eps": student_eps(), "val_score": scores}
+
+
+def solution_2() -> dict:
+    """Undo the shrinkage: stretch the labels linearly to the training MOS's spread (a map fitted on
+    training labels and training MOS only). Spearman cannot change (a monotone map); the error
+    against the MOS may go either way (wider labels are also wider errors where the ranking is
+    wrong). Returns label statistics before/after and the student's validation score with each."""
+    y, x, tokens, parts, cfg = setup()
+    rows, tops, lefts, labels = oof_views()
+    mos = y[rows]
+    stretched = mos.mean() + (labels - labels.mean()) * mos.std() / labels.std()
+    out = {"raw": label_stats(rows, labels), "stretched": label_stats(rows, stretched)}
+    out["raw"]["val_score"] = val_score(train_student((rows, tops, lefts, labels)), tokens, y, parts["val"])
+    out["stretched"]["val_score"] = val_score(train_student((rows, tops, lefts, stretched)), tokens, y, parts["val"])
+    return out
+
+
+def solution_3() -> dict:
+    """Leakage: the in-sample ridge (fitted on every training view with its image's MOS) labels the
+    same views almost exactly with their image's MOS (SRCC near 1, spread ratio near 1, windows of
+    an image nearly equal). As extra views they repeat the MOS the student already trains on, so
+    they add no new information; the student's validation score moves for other reasons (a second
+    helping of the same targets). Returns the label statistics of both teachers and the student's
+    validation score with each."""
+    y, x, tokens, parts, cfg = setup()
+    rows, tops, lefts, oof = oof_views()
+    tokens.fit_normalisation(parts["train"])
+    means = window_means(tokens, rows, tops, lefts, cfg.window)
+    insample = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(means, y[rows]).predict(means)
+    out = {"out_of_fold": label_stats(rows, oof), "in_sample": label_stats(rows, insample)}
+    out["out_of_fold"]["val_score"] = val_score(train_student((rows, tops, lefts, oof)), tokens, y, parts["val"])
+    out["in_sample"]["val_score"] = val_score(train_student((rows, tops, lefts, insample)), tokens, y, parts["val"])
+    return out
+
+
+def solution_4(folds=(2, 5, 10)) -> dict:
+    """How many folds. Each fold's ridge is fitted on (k-1)/k of the training images, so more folds
+    give slightly better and slightly wider labels, with diminishing returns (and noise: on 37
+    images each fold of k = 10 holds 3-4 images). Returns {k: label statistics}."""
+    y, x, tokens, parts, cfg = setup()
+    tokens.fit_normalisation(parts["train"])
+    out = {}
+    for k in folds:
+        rows, tops, lefts, labels = qfm_iqm.window_teacher_views(tokens, y, parts["train"], cfg, folds=k, seed=SEED)
+        out[k] = label_stats(rows, labels)
+    return out
+
+
+def decoder_teacher_views(folds: int = 3, teacher_cfg: DecoderConfig | None = None):
+    """Evaluation-grid windows of every training image, labelled out of fold by a token decoder
+    (plain gated decoder; early stopping on the validation part). Same format as
+    qfm_iqm.window_teacher_views: rows, tops, lefts, labels."""
+    from sklearn.model_selection import KFold
+
+    y, x, tokens, parts, cfg = setup()
+    train, val = parts["train"], parts["val"]
+    teacher_cfg = teacher_cfg or DecoderConfig(gated=True, window=cfg.window, eval_grid=cfg.eval_grid, seed=SEED)
+    rows, tops, lefts, labels = [], [], [], []
+    for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=SEED).split(train):
+        held = train[held_idx]
+        model = fit_decoder(tokens, y, train[fit_idx], val, teacher_cfg)
+        scores = model.window_scores(tokens, held)  # (len(held), windows), in grid_positions order
+        for i, r in enumerate(held):
+            for j, (t, l) in enumerate(tokens.grid_positions(r, teacher_cfg.window, teacher_cfg.eval_grid)):
+                rows.append(r), tops.append(t), lefts.append(l), labels.append(scores[i, j])
+    tokens.fit_normalisation(train)  # window_scores left the last fold model's statistics in place
+    order = np.lexsort((np.array(lefts), np.array(tops), np.array(rows)))
+    return tuple(np.asarray(a)[order] for a in (rows, tops, lefts, labels))
+
+
+def solution_5(folds: int = 3) -> dict:
+    """A decoder teacher trained out of fold. It is a stronger model than ridge on window means on
+    the full data, but each fold model sees only (k-1)/k of an already small training set, so on
+    60 images it may well be the weaker teacher. Returns label statistics of the ridge and decoder
+    teachers and the student's validation score with each teacher's views."""
+    y, x, tokens, parts, cfg = setup()
+    ridge = oof_views()
+    dec = decoder_teacher_views(folds)
+    out = {"ridge": label_stats(ridge[0], ridge[3]), "decoder": label_stats(dec[0], dec[3])}
+    out["ridge"]["val_score"] = val_score(train_student(ridge), tokens, y, parts["val"])
+    out["decoder"]["val_score"] = val_score(train_student(dec), tokens, y, parts["val"])
+    out["same_views"] = bool(np.array_equal(np.sort(ridge[0]), np.sort(dec[0])))
+    return out
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    setup()
+    print(f"setup {time.perf_counter() - start:.1f} s")
+    for n in range(1, 6):
+        t = time.perf_counter()
+        result = globals()[f"solution_{n}"]()
+        print(f"solution_{n} ({time.perf_counter() - t:.1f} s): {result}")
+    print(f"total {time.perf_counter() - start:.1f} s")

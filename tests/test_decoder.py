@@ -1,0 +1,139 @@
+"""Token decoder, QFM-IQM on tokens and local-manifold windows, on small synthetic token maps."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from qfm_lib.decoder import DecoderConfig, TokenSet, TrainedDecoder, fit_decoder
+from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, window_chooser, window_mass
+from qfm_lib.metrics import srcc
+from qfm_lib.qfm_iqm import fit_qfm_decoder, matching_partners, window_teacher_views
+
+FAST = DecoderConfig(dim=16, heads=2, gate_hidden=8, window=3, eval_grid=2, max_epochs=12, patience=12,
+                     batch_images=16)
+
+
+def _tokens(n=120, grid=6, channels=12, seed=0, signal=True):
+    """Token maps whose channel 0 carries the label in every cell (plus noise)."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(10, 90, n)
+    t = rng.normal(size=(n, grid, grid, channels)).astype(np.float32)
+    if signal:
+        t[..., 0] += ((y - 50) / 20)[:, None, None]
+    return TokenSet(t.reshape(-1, channels).astype(np.float16), np.full((n, 2), grid)), y
+
+
+def _parts(n, seed=0):
+    order = np.random.default_rng(seed).permutation(n)
+    return {"train": order[: int(0.6 * n)], "val": order[int(0.6 * n): int(0.8 * n)], "test": order[int(0.8 * n):]}
+
+
+def test_windows_shapes_normalisation_and_errors():
+    tokens, _ = _tokens(n=10)
+    tokens.fit_normalisation(np.arange(10))
+    x = tokens.windows(np.array([0, 1]), np.array([0, 3]), np.array([1, 2]), 3)
+    assert x.shape == (2, 9, 12) and x.dtype == torch.float32
+    whole = tokens.windows(np.arange(10), None, None, 0)
+    assert abs(float(whole.mean())) < 0.05 and abs(float(whole.std()) - 1) < 0.05
+    assert tokens.grid_positions(0, 3, 2) == [(0, 0), (0, 3), (3, 0), (3, 3)]
+    # a window's cells are the map's cells: image 1, rows 3-5, cols 2-4
+    raw = np.asarray(tokens.tokens, np.float32).reshape(10, 6, 6, 12)[1, 3:6, 2:5].reshape(9, 12)
+    np.testing.assert_allclose(x[1].numpy() * tokens.std + tokens.mean, raw, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="tokens must be"):
+        TokenSet(np.zeros((10, 4), np.float16), np.array([[3, 3]]))
+    small = TokenSet(np.zeros((48, 4), np.float16), np.array([[6, 6], [2, 6]]), ["a.jpg", "tiny.png"])
+    with pytest.raises(ValueError, match="tiny.png has a 2x6 token grid, smaller than the 3x3 window"):
+        small.check_window(np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="anchor"):
+        DecoderConfig(anchor="somewhere")
+
+
+def test_mixed_grids_and_pca_tokens():
+    rng = np.random.default_rng(0)
+    grid = np.array([[6, 6], [5, 8], [6, 6]])
+    tokens = TokenSet(rng.normal(size=(int(grid.prod(1).sum()), 10)).astype(np.float16), grid, ["a", "b", "c"])
+    x = tokens.windows(np.array([1]), np.array([2]), np.array([5]), 3)
+    flat = np.asarray(tokens.tokens, np.float32)[36:76].reshape(5, 8, 10)[2:5, 5:8].reshape(9, 10)
+    np.testing.assert_allclose(x[0].numpy(), flat, rtol=1e-3)
+    with pytest.raises(ValueError, match="different grids"):
+        tokens.windows(np.array([0, 1]), None, None, 0)
+    reduced = tokens.reduced(np.arange(3), 4, per_image=30)
+    assert reduced.tokens.shape == (len(tokens.tokens), 4) and (reduced.grid == grid).all()
+
+
+def test_decoder_learns_and_is_deterministic():
+    tokens, y = _tokens()
+    parts = _parts(len(y))
+    a = fit_decoder(tokens, y, parts["train"], parts["val"], FAST)
+    b = fit_decoder(tokens, y, parts["train"], parts["val"], FAST)
+    pa, pb = a.predict(tokens, parts["test"]), b.predict(tokens, parts["test"])
+    np.testing.assert_array_equal(pa, pb)
+    assert srcc(pa, y[parts["test"]]) > 0.8
+    again = TrainedDecoder.from_state(a.state())
+    np.testing.assert_allclose(again.predict(tokens, parts["test"]), pa, rtol=1e-5)
+    assert a.gate_values(tokens, parts["test"][:3]).shape == (3, 12)
+
+
+def test_qfm_adversarial_matching_and_eps_on_validation():
+    tokens, y = _tokens()
+    x_pooled = np.asarray(tokens.tokens, np.float32).reshape(len(y), -1, tokens.channels).mean(1)
+    parts = _parts(len(y))
+    cfg = replace(FAST, adv_weight=1.0)
+    partners = matching_partners(x_pooled, y, parts["train"], cfg)
+    train = set(parts["train"].tolist())
+    assert set(partners) == train and all(set(p.tolist()) <= train for p in partners.values())
+    gaps = [abs(y[r] - y[p]).mean() for r, p in partners.items() if len(p)]
+    assert np.median(gaps) < np.median(np.abs(y[:, None] - y[None, :]))  # similar quality
+    model = fit_qfm_decoder(tokens, y, x_pooled, parts, cfg, eps_grid=(0.1, 0.3))
+    assert model.config.adv_eps in (0.1, 0.3)
+    assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.7
+
+
+def test_teacher_labels_are_out_of_fold():
+    """Tokens that carry no signal: an in-sample teacher would reproduce the labels, an
+    out-of-fold one cannot."""
+    tokens, y = _tokens(n=60, channels=64, signal=False)
+    train = np.arange(60)
+    tokens.fit_normalisation(train)
+    rows, tops, lefts, labels = window_teacher_views(tokens, y, train, FAST)
+    assert len(rows) == 60 * 4 and set(rows.tolist()) == set(train.tolist())
+    assert abs(np.corrcoef(labels, y[rows])[0, 1]) < 0.5
+
+
+def test_window_mass_and_salient_anchor_first():
+    rng = np.random.default_rng(0)
+    cells = rng.random((3, 6, 6))
+    tops, lefts = rng.integers(0, 4, (3, 5)), rng.integers(0, 4, (3, 5))
+    brute = np.array([[cells[b, t:t + 3, l:l + 3].mean() for t, l in zip(tops[b], lefts[b])] for b in range(3)])
+    np.testing.assert_allclose(window_mass(cells, tops, lefts, 3), brute)
+    tokens, _ = _tokens(n=3)
+    cfg = replace(FAST, n_windows=4, anchor="spectral")
+    t, l = window_chooser(cfg, cells)(None, tokens, np.arange(3), np.random.default_rng(1))
+    mass = window_mass(cells, t, l, 3)
+    assert (mass[:, 0] >= mass.max(1) - 1e-12).all()
+
+
+def test_anchored_contrast_prefers_clustered_images():
+    b, k, p = 4, 3, 8
+    centres = torch.nn.functional.normalize(torch.randn(b, 1, p), dim=-1)
+    tight = torch.nn.functional.normalize(centres + 0.05 * torch.randn(b, k, p), dim=-1)
+    mixed = torch.nn.functional.normalize(torch.randn(b, k, p), dim=-1)
+    good = sum(anchored_contrast(tight, tight, 0.2, 1.0))
+    bad = sum(anchored_contrast(mixed, mixed, 0.2, 1.0))
+    assert good < bad
+    # without intra-class negatives the anchor term ignores the image's own other windows
+    c0, a0 = anchored_contrast(tight, tight, 0.2, 0.0)
+    c1, a1 = anchored_contrast(tight, tight, 0.2, 1.0)
+    assert torch.isclose(c0, c1) and a0 < a1
+
+
+@pytest.mark.parametrize("anchor", ["learned", "spectral", "random"])
+def test_local_manifold_variants_train(anchor):
+    tokens, y = _tokens()
+    parts = _parts(len(y))
+    cells = np.random.default_rng(0).random((len(y), 6, 6))
+    cfg = replace(FAST, gated=False, pca=8, n_windows=3, contrastive_weight=0.2, mutual_weight=0.5, ema=True,
+                  anchor=anchor, ema_decay=0.9)
+    model = fit_manifold_decoder(tokens, y, parts, cfg, cells)
+    assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.6

@@ -1,0 +1,115 @@
+"""`qfm predict` hardening: safe model files, clear errors, folders, huge images, progress."""
+import pickle
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from qfm_lib import predict
+from qfm_lib.cli import main as cli_main
+from qfm_lib.features import FeatureSpec
+from qfm_lib.models import TrainConfig, train_model
+
+from .conftest import write_image
+
+
+def _trained(d, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(60, d))
+    y = 50 + 10 * x[:, 0] + rng.normal(0, 1, 60)
+    return train_model(x[:45], y[:45], x[45:], y[45:], TrainConfig(max_epochs=2, hidden=16, gate_hidden=8)), x
+
+
+def _table(paths=()):
+    n = max(2, len(paths))
+    table = pd.DataFrame({"image": [f"i{i}" for i in range(n)], "sha256": ["0" * 64] * n, "mos": np.linspace(20, 80, n)})
+    if paths:
+        table["path"] = [str(p) for p in paths]
+    return table
+
+
+def _not_models(folder):
+    (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(2000))
+    (folder / "text.pt").write_text("hello, I am a text file\n")
+    (folder / "pickle.pt").write_bytes(pickle.dumps({"model": [1, 2, 3]}))
+    (folder / "object.pt").write_bytes(pickle.dumps(Path("x")))  # a pickled object: never rebuilt
+    torch.save({"path": Path("x")}, folder / "torch_object.pt")
+    torch.save({"weights": torch.zeros(3)}, folder / "tensors.pt")
+    torch.save([1, 2], folder / "list.pt")
+    return ["random", "text", "pickle", "object", "torch_object", "tensors", "list"]
+
+
+def test_not_a_model_file_is_a_clean_error(tmp_path, capsys):
+    img = write_image(tmp_path / "a.png")
+    for stem in _not_models(tmp_path):
+        model = tmp_path / f"{stem}.pt"
+        assert cli_main(["predict", str(img), "--model", str(model)]) == 2, stem
+        err = capsys.readouterr().err
+        assert f"{model} is not a qfm model file: " in err and "Traceback" not in err, err
+        assert len(err.splitlines()) == 1, err
+        with pytest.raises(predict.ModelFileError, match="is not a qfm model file"):
+            predict.load_model(model)
+
+
+def test_old_format_and_unknown_kind_say_how_to_rebuild(tmp_path):
+    trained, _ = _trained(6)
+    old = tmp_path / "old.pt"
+    torch.save({"model": trained.state(), "backbone": "tf_efficientnet_lite0", "weights_sha256": "x",
+                "feature_spec": {}}, old)  # format 1: numpy arrays inside
+    with pytest.raises(predict.ModelFileError, match=r"old\.pt is a qfm model file of an older format.*make figures"):
+        predict.load_model(old)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"format_version": predict.FORMAT_VERSION, "model_kind": "token-decoder", "model": {}}, unknown)
+    with pytest.raises(predict.ModelFileError, match=r"kind 'token-decoder'.*known kinds: \['pooled-mlp'\].*make figures"):
+        predict.load_model(unknown)
+    future = tmp_path / "future.pt"
+    torch.save({"format_version": 99, "model_kind": "pooled-mlp"}, future)
+    with pytest.raises(predict.ModelFileError, match="format_version 99.*make figures"):
+        predict.load_model(future)
+
+
+def test_model_file_loads_with_weights_only_and_is_world_readable(tmp_path):
+    trained, x = _trained(12)
+    path = predict.save_model(trained, tmp_path / "models" / "m.pt", "tf_efficientnet_lite0", "abc",
+                              FeatureSpec(), _table(), extra={"variant": "gated", "score": np.float64(0.5)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not list(path.parent.glob(".*.tmp"))
+    raw = torch.load(path, weights_only=True)
+    assert raw["model_kind"] == "pooled-mlp" and raw["format_version"] == predict.FORMAT_VERSION
+    assert raw["score"] == 0.5 and raw["variant"] == "gated"
+    loaded = predict.load_model(path)["predictor"]
+    np.testing.assert_array_equal(loaded.predict(x), trained.predict(x))
+
+
+def test_folder_gif_huge_image_note_and_progress(tmp_path, lite0, capsys):
+    training = [tmp_path / "train" / f"t{i}.png" for i in range(3)]
+    for p in training:
+        p.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (500, 500), (90, 120, 150)).save(p)
+    trained, _ = _trained(2 * sum(lite0.stage_channels))
+    model = predict.save_model(trained, tmp_path / "m.pt", lite0.name, lite0.weights_sha256, FeatureSpec(),
+                               _table(training))
+    folder = tmp_path / "photos"
+    write_image(folder / "wide.png", size=(1400, 350))
+    write_image(folder / "ok.jpg", size=(480, 360), seed=1)
+    Image.open(write_image(folder / "sub" / "anim.png", size=(64, 64), seed=2)).save(folder / "sub" / "anim.GIF")
+    (folder / "sub" / "anim.png").unlink()
+    (folder / "notes.txt").write_text("not an image")
+    assert [p.name for p in predict.expand_paths([folder])] == ["ok.jpg", "anim.GIF", "wide.png"]
+
+    out = tmp_path / "scores.csv"
+    assert cli_main(["predict", str(folder), "--model", str(model), "-o", str(out)]) == 0
+    scores = pd.read_csv(out, keep_default_na=False).set_index("image")
+    assert list(scores.columns) == ["score", "error", "note"] and np.isfinite(scores["score"].astype(float)).all()
+    assert scores.loc[str(folder / "wide.png"), "note"] == "resized from 1400x350 to 1024x256 (max side 1024)"
+    assert scores.loc[str(folder / "ok.jpg"), "note"] == ""
+    assert scores.loc[str(folder / "sub" / "anim.GIF"), "note"].startswith("scored at 64x64, 0.13x the training")
+    assert "scoring" in capsys.readouterr().err  # tqdm on stderr
+
+    native = predict.predict_images([folder / "wide.png"], model, max_side=0)
+    assert native.loc[0, "note"].startswith("scored at 1400x350, 2.8x the training images' longer side (500 px)")
+    assert "scoring" not in capsys.readouterr().err  # one image: no progress bar
