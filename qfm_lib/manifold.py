@@ -5,14 +5,15 @@ Per training image i we have K seeded crops, ordered by spectral-residual salien
 most salient, is the anchor). A shared encoder (dropout -> linear -> GELU) feeds a quality head
 (trained on every crop with its image's MOS) and a projection head (unit-norm embeddings).
 
-Contrastive objective, the paper's second version (with intra-class negatives):
+Contrastive objective (with intra-class negatives, as in every version of the paper):
 * class term (supervised contrastive, image = class): every crop's query is pulled towards the
   keys of all crops of its own image (the anchor and the others: the positive class) and pushed
   from the crops of the other images in the batch (negatives);
 * anchor term: the anchor's query must pick out its own key against the other images' crops AND
   the non-salient crops of its own image, which enter its denominator as intra-class negatives
   weighted by `intra_weight`, so an image's crops cluster without collapsing onto one point
-  (the local manifold is kept). intra_weight = 0 gives the first version (no intra-class negatives).
+  (the local manifold is kept). intra_weight = 0 removes the intra-class negatives (an ablation; the
+  paper's first arXiv version already has them).
 Mutual learning: a teacher kept as an exponential moving average (EMA) of the student supplies the
 contrastive keys (MoCo-style) and a soft target, its crop-averaged prediction of each image, that
 the student's crop predictions are pulled towards (weight `mutual_weight`); the teacher learns

@@ -138,3 +138,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "ok"
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1}) != digest({"a": 1, "b": 3})
     assert cache_path("kind", {"a": 1}, ".npy").parent.name == "kind"
+
+
+def test_code_key_ignores_docstrings_but_not_code():
+    a = 'def f(x):\n    """Doubles."""\n    return 2 * x\n'
+    b = 'def f(x):\n    """Twice x (reworded)."""\n    # a comment\n    return 2 * x\n'
+    c = 'def f(x):\n    """Doubles."""\n    return 3 * x\n'
+    assert E._code_only(a) == E._code_only(b) != E._code_only(c)

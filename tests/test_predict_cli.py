@@ -63,8 +63,8 @@ def test_old_format_and_unknown_kind_say_how_to_rebuild(tmp_path):
     with pytest.raises(predict.ModelFileError, match=r"old\.pt is a qfm model file of an older format.*make figures"):
         predict.load_model(old)
     unknown = tmp_path / "unknown.pt"
-    torch.save({"format_version": predict.FORMAT_VERSION, "model_kind": "token-decoder", "model": {}}, unknown)
-    with pytest.raises(predict.ModelFileError, match=r"kind 'token-decoder'.*known kinds: \['pooled-mlp'\].*make figures"):
+    torch.save({"format_version": predict.FORMAT_VERSION, "model_kind": "vision-llm", "model": {}}, unknown)
+    with pytest.raises(predict.ModelFileError, match=r"kind 'vision-llm'.*known kinds: \['pooled-mlp', 'token-decoder'\].*make figures"):
         predict.load_model(unknown)
     future = tmp_path / "future.pt"
     torch.save({"format_version": 99, "model_kind": "pooled-mlp"}, future)
@@ -113,3 +113,26 @@ def test_folder_gif_huge_image_note_and_progress(tmp_path, lite0, capsys):
     native = predict.predict_images([folder / "wide.png"], model, max_side=0)
     assert native.loc[0, "note"].startswith("scored at 1400x350, 2.8x the training images' longer side (500 px)")
     assert "scoring" not in capsys.readouterr().err  # one image: no progress bar
+
+
+def test_token_decoder_model_roundtrip_and_small_image(tmp_path, lite0, livec):
+    """A token-decoder final model saves, loads with weights_only and scores a real photo; an image
+    smaller than its window gets an error row naming the reason."""
+    from dataclasses import replace
+
+    from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+    from qfm_lib.features import FeatureSpec, extract_features
+
+    table = livec.head(12).reset_index(drop=True)
+    feats = extract_features(table, FeatureSpec(), lite0, progress=False)
+    tokens = TokenSet(feats.tokens, feats.token_grid, feats.names)
+    cfg = replace(DecoderConfig(), dim=16, heads=2, gate_hidden=8, max_epochs=2, patience=2)
+    trained = fit_decoder(tokens, table["mos"].to_numpy(float), np.arange(8), np.arange(8, 12), cfg)
+    path = predict.save_model(trained, tmp_path / "tok.pt", "tf_efficientnet_lite0", lite0.weights_sha256,
+                              FeatureSpec(), table, model_kind="token-decoder")
+    payload = predict.load_model(path)
+    tiny = write_image(tmp_path / "tiny.png", size=(120, 100))
+    scores = predict.predict_images([table["path"][0], tiny], payload, progress=False)
+    expected = trained.predict(tokens, np.array([0]))[0]
+    assert scores["score"][0] == pytest.approx(expected, rel=1e-4)
+    assert "too small for this model" in scores["error"][1] and np.isnan(scores["score"][1])
