@@ -2,7 +2,7 @@
 
   extraction images/s (cold cache, decode + forward + stage statistics + atomic chunk writes)
   raw forward images/s of the same model on the same, already-decoded tensors (the limit)
-  their ratio (goal >= 0.9), warm-cache load time, peak resident memory
+  their ratio (goal >= 0.9), warm-cache load time, cache size (pooled features + token maps), peak memory
 
 Usage: python benchmarks/bench_features.py [--n 1000] [--backbone tf_efficientnet_lite0]
 """
@@ -42,8 +42,10 @@ def main() -> None:
         extract_features(table, spec, backbone, progress=False, root=Path(tmp))
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        extract_features(table, spec, backbone, progress=False, root=Path(tmp))
+        feats = extract_features(table, spec, backbone, progress=False, root=Path(tmp))
         warm = time.perf_counter() - start
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 2 ** 20
+        tokens = feats.tokens.shape
 
     tensors = [to_tensor(load_rgb(p), backbone)[None] for p in table["path"][: args.raw_n]]
     with torch.inference_mode():
@@ -58,6 +60,7 @@ def main() -> None:
     print(f"raw forward          : {raw:8.2f} images/s  (batch 1, native 500x500, {len(tensors)} images)")
     print(f"extraction / raw     : {extraction / raw:8.2f}  (goal >= 0.9)")
     print(f"warm cache load      : {warm:8.3f} s")
+    print(f"cache size           : {size:8.0f} MiB  (token maps {tokens[0]} cells x {tokens[1]} channels, fp16)")
     print(f"peak resident memory : {peak_rss_mib():8.0f} MiB")
 
 

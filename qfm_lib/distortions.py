@@ -55,6 +55,10 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from .backbones import file_sha256
+from .features import content_hashes
+from .images import ImageError
+
 DIST_VERSION = 1
 LEVELS = (1, 2, 3, 4, 5)
 DEFAULT_DISTORTIONS = ("jpeg", "blur", "noise", "contrast", "exposure")
@@ -257,23 +261,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _ref_hashes(refs: pd.DataFrame) -> list[str]:
-    if "sha256" in refs and refs["sha256"].notna().all():
-        return [str(s) for s in refs["sha256"]]
-    hashes = []
-    for path in refs["path"]:
-        if not Path(path).is_file():
-            raise DistortionError(f"{path}: reference image file not found")
-        hashes.append(_file_sha256(path))
-    return hashes
+    try:
+        return [str(h) for h in content_hashes(refs)]
+    except ImageError as err:
+        raise DistortionError(f"reference image: {err}") from err
 
 
 def _ref_folders(images: Sequence[str]) -> list[str]:
@@ -326,7 +318,7 @@ def make_distorted_dataset(table: pd.DataFrame, n_refs: int,
     """
     from PIL import Image
 
-    from .images import ImageError, load_rgb
+    from .images import load_rgb
     from .paths import cache_dir
 
     names, levels = check_request(distortions, levels)
@@ -360,7 +352,7 @@ def make_distorted_dataset(table: pd.DataFrame, n_refs: int,
             shutil.copyfile(src, out / "images" / ref_file)
             rows.append({"image": ref_file, "mos": float(ref["mos"]), "mos_std": ref_std,
                          "ref": ref["image"], "dist_type": REFERENCE, "dist_level": 0,
-                         "sha256": _file_sha256(out / "images" / ref_file), "dist_param": np.nan,
+                         "sha256": file_sha256(out / "images" / ref_file), "dist_param": np.nan,
                          "param_name": "", "mos_is_human": True})
             bar.update(1)
             ref_seed = zlib.crc32(f"{seed}:{ref['image']}".encode())
