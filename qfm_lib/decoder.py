@@ -47,8 +47,6 @@ class DecoderConfig:
     dropout: float = 0.1
     window: int = 7                 # cells per side of a training window; 0 = the whole map
     eval_grid: int = 2              # eval_grid x eval_grid windows averaged at test time
-    pca: int = 0                    # >0: read the tokens through a PCA to this many components
-                                    # (fitted on the training images; no channel gate then)
     # QFM-IQM: adversarial semantic noisy matching (0 = off)
     adv_weight: float = 0.0
     adv_eps: float = 0.3
@@ -76,8 +74,6 @@ class DecoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pca and self.gated:
-            raise ValueError("the channel gate acts on backbone channels: use pca=0 with gated=True")
         if self.window < 0 or self.eval_grid < 1 or self.n_windows < 1:
             raise ValueError(f"bad window settings: window={self.window}, eval_grid={self.eval_grid}, "
                              f"n_windows={self.n_windows}")
@@ -217,28 +213,6 @@ class TokenSet:
         return np.stack([np.asarray(self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()],
                                     dtype=np.float32).mean(0) for r in rows])
 
-    def reduced(self, rows: np.ndarray, components: int, per_image: int = 64, seed: int = 0) -> "TokenSet":
-        """The tokens through a whitened PCA to `components` channels, fitted on `per_image` random
-        cells of each image in `rows` (the training images); ~8x cheaper to train on than 2176."""
-        from sklearn.decomposition import PCA
-
-        self.fit_normalisation(rows)
-        rng = np.random.default_rng(seed)
-        sample = np.concatenate([self.offsets[r] + rng.choice(self.grid[r].prod(), min(per_image, self.grid[r].prod()),
-                                                              replace=False) for r in rows])
-        pca = PCA(components, whiten=True, random_state=seed).fit(self._normalised(np.sort(sample)).numpy())
-        weight = torch.from_numpy((pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T.astype(np.float32))
-        shift = torch.from_numpy(pca.mean_.astype(np.float32)) @ weight
-        out = np.empty((len(self.tokens), components), np.float16)
-        for start in range(0, len(self.tokens), 8192):
-            idx = np.arange(start, min(start + 8192, len(self.tokens)))
-            out[idx] = (self._normalised(idx) @ weight - shift).numpy()
-        return TokenSet(out, self.grid, self.names)
-
-    def _normalised(self, idx: np.ndarray) -> torch.Tensor:
-        cells = torch.from_numpy(np.asarray(self.tokens[idx])).float()
-        return cells.sub_(torch.from_numpy(self.mean)).div_(torch.from_numpy(self.std))
-
     def check_window(self, rows: np.ndarray, window: int) -> None:
         """Every image in `rows` must hold at least one window."""
         if window <= 0:
@@ -277,13 +251,9 @@ class TrainedDecoder:
     config: DecoderConfig
     best_epoch: int
     history: list[dict] = field(default_factory=list)
-    reduced: TokenSet | None = None   # the PCA tokens a pca model was trained and is scored on
 
-    def _set(self, tokens: TokenSet) -> TokenSet:
-        if self.config.pca:
-            if self.reduced is None or len(self.reduced) != len(tokens):
-                raise ValueError("a PCA-token model scores the token set it was trained with")
-            return self.reduced
+    def view(self, tokens: TokenSet) -> TokenSet:
+        """The token set as this model reads it: normalised with its training statistics."""
         tokens.mean, tokens.std = self.tokens_mean, self.tokens_std
         return tokens
 
@@ -291,7 +261,7 @@ class TrainedDecoder:
         """(len(rows), n_windows) scores of each image's evaluation windows (MOS scale; NaN where
         an image has fewer windows than the widest)."""
         self.model.eval()
-        tokens = self._set(tokens)
+        tokens = self.view(tokens)
         rows = np.asarray(rows)
         tokens.check_window(rows, self.config.window)
         pos = [tokens.grid_positions(r, self.config.window, self.config.eval_grid) for r in rows]
@@ -316,7 +286,7 @@ class TrainedDecoder:
     def gate_values(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
         """(len(rows), C) channel multipliers of the gate on each whole map."""
         self.model.eval()
-        tokens = self._set(tokens)
+        tokens = self.view(tokens)
         with torch.no_grad():
             return np.stack([self.model.gate_values(tokens.windows(np.array([r]), None, None, 0))[0].numpy()
                              for r in rows])
@@ -345,7 +315,7 @@ class Batch:
     score: torch.Tensor       # (B, K) student scores
     query: torch.Tensor       # (B, K, d) student query states
     rng: np.random.Generator
-    tokens: TokenSet          # the token set trained on (PCA tokens for a pca model)
+    tokens: TokenSet          # the token set trained on
     teacher: "QualityDecoder | None" = None  # the EMA teacher, when cfg.ema
 
 
@@ -369,16 +339,13 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
     rng = np.random.default_rng(cfg.seed)
     train, val = np.asarray(train), np.asarray(val)
     tokens.check_window(np.concatenate([train, val]), cfg.window)
-    if cfg.pca:
-        tokens = tokens.reduced(train, cfg.pca, seed=cfg.seed)  # whitened: mean 0, std 1 already
-    else:
-        tokens.fit_normalisation(train)
+    tokens.fit_normalisation(train)
     y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
     t_all = torch.from_numpy(((y - y_mean) / y_std).astype(np.float32))
     model = QualityDecoder(tokens.channels, cfg)
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result = TrainedDecoder(model, tokens.mean, tokens.std, y_mean, y_std, cfg, 0, [], tokens if cfg.pca else None)
+    result = TrainedDecoder(model, tokens.mean, tokens.std, y_mean, y_std, cfg, 0)
     stopper, history = EarlyStopping(cfg.patience, keep_last), []
     for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
         model.train()
@@ -423,5 +390,4 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
             break
     final = QualityDecoder(tokens.channels, cfg)
     final.load_state_dict(stopper.state)
-    return TrainedDecoder(final.eval(), tokens.mean, tokens.std, y_mean, y_std, cfg, stopper.best_epoch, history,
-                          tokens if cfg.pca else None)
+    return TrainedDecoder(final.eval(), tokens.mean, tokens.std, y_mean, y_std, cfg, stopper.best_epoch, history)

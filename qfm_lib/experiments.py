@@ -26,7 +26,7 @@ from .decoder import DecoderConfig, TokenSet
 from .local_manifold import fit_manifold_decoder
 from .manifold import ManifoldConfig, train_crop_model
 from .metrics import iqa_metrics, selection_score
-from .models import TrainConfig, train_model
+from .models import TrainConfig, train_fixed_epochs, train_model
 from .qfm_iqm import fit_qfm_decoder
 from .splits import split_parts
 
@@ -357,7 +357,7 @@ def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
         if cfg.matching_weight:
             cfg = replace(cfg, matching_eps=mode(s["eps"] for s in settings))
             info["eps"] = cfg.matching_eps
-        trained = train_model(inp.x, inp.y, inp.x, inp.y, cfg, keep_last=True)
+        trained = train_fixed_epochs(inp.x, inp.y, cfg, epochs)
     elif v.kind == "decoder":
         grid = None
         if cfg.adv_weight:
@@ -372,7 +372,7 @@ def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
 
 def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Median and IQR over splits per variant, and a paired Wilcoxon test of SRCC/PLCC vs baseline."""
-    from scipy.stats import wilcoxon
+    from .stats import wilcoxon_p
 
     out = []
     base = results[results.variant == baseline].set_index("split")
@@ -384,7 +384,6 @@ def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
         g = group.set_index("split")
         for m in ("plcc", "srcc"):
             diff = (g[m] - base[m].reindex(g.index)).dropna()
-            row[f"{m}_vs_{baseline}_p"] = (float(wilcoxon(diff).pvalue) if variant != baseline and len(diff) >= 5
-                                           and np.any(diff != 0) else np.nan)
+            row[f"{m}_vs_{baseline}_p"] = wilcoxon_p(diff) if variant != baseline else np.nan
         out.append(row)
     return pd.DataFrame(out)

@@ -226,16 +226,6 @@ def _forward_views(recorder: _StageRecorder, backbone: Backbone, views: list[tor
     return np.concatenate(feats), tokens
 
 
-def _pad_tokens(maps: list[np.ndarray], shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stack (h, w, C) maps into (N, H, W, C), zero-padded to the largest grid; and each grid (N, 2)."""
-    grid = np.array([m.shape[:2] for m in maps], dtype=np.int32)
-    rows, cols = shape or tuple(grid.max(0))
-    out = np.zeros((len(maps), rows, cols, maps[0].shape[2]), dtype=np.float16)
-    for i, m in enumerate(maps):
-        out[i, :m.shape[0], :m.shape[1]] = m
-    return out, grid
-
-
 def cache_key(names: Sequence[str], hashes: Sequence[str], backbone: Backbone, spec: FeatureSpec,
               crops: bool) -> str:
     params = {"version": FEATURE_VERSION, "backbone": backbone.name,
@@ -267,8 +257,8 @@ def _extract_chunk(recorder: _StageRecorder, backbone: Backbone, paths: list[Pat
         views += _views(path, name, backbone, spec, crops)[0]
     feats, maps = _forward_views(recorder, backbone, views, spec.batch_size)
     bar.update(len(paths))
-    tokens, grid = _pad_tokens(maps)
-    return {"features": feats, "tokens": tokens, "grid": grid}
+    grid = np.array([m.shape[:2] for m in maps], dtype=np.int32)
+    return {"features": feats, "tokens": np.concatenate([m.reshape(-1, m.shape[2]) for m in maps]), "grid": grid}
 
 
 def _extract_entry(paths: list[Path], names: list[str], backbone: Backbone, spec: FeatureSpec,
@@ -303,20 +293,19 @@ def _extract_entry(paths: list[Path], names: list[str], backbone: Backbone, spec
 
 
 def _consolidate_tokens(folder: Path) -> None:
-    """Move the chunks' token maps into one memory-mappable tokens.npy of every image's cells
-    (row-major, image after image) and grid.npy."""
+    """Move the chunks' token cells (row-major, image after image) into one memory-mappable
+    tokens.npy, and their grids into grid.npy."""
     chunks = sorted(folder.glob("chunk_*.npz"))
     grid = np.concatenate([np.load(c)["grid"] for c in chunks])
     with np.load(chunks[0]) as first:
-        channels = first["tokens"].shape[3]
+        channels = first["tokens"].shape[1]
     out = np.lib.format.open_memmap(folder / "tokens.npy.tmp", mode="w+", dtype=np.float16,
                                     shape=(int(grid.prod(1).sum()), channels))
     start = 0
     for chunk in chunks:
         with np.load(chunk) as data:
-            for t, (h, w) in zip(data["tokens"], data["grid"]):
-                out[start:start + h * w] = t[:h, :w].reshape(-1, channels)
-                start += h * w
+            out[start:start + len(data["tokens"])] = data["tokens"]
+            start += len(data["tokens"])
             rest = {k: data[k] for k in data.files if k not in ("tokens", "grid")}
         atomic_write(chunk, lambda fh, a=rest: np.savez(fh, **a))
     out.flush()

@@ -65,10 +65,9 @@ class ModelKind:
 def _pooled_features(backbone: Backbone, batch: torch.Tensor) -> np.ndarray:
     recorder = _StageRecorder(backbone)
     try:
-        out = recorder.run(backbone, batch)
+        return recorder.run(backbone, batch)[0]
     finally:
         recorder.close()
-    return out[0] if isinstance(out, tuple) else out  # run() gives (pooled, token maps) with token maps
 
 
 def _load_pooled_mlp(payload: dict) -> Trained:

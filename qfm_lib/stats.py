@@ -78,6 +78,13 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
     return out
 
 
+def wilcoxon_p(diffs: Sequence[float]) -> float:
+    """Wilcoxon signed-rank p of paired differences (secondary: it ignores the splits' overlap);
+    NaN with fewer than 5 differences or when all are zero."""
+    d = np.asarray(diffs, dtype=float)
+    return float(stats.wilcoxon(d).pvalue) if len(d) >= 5 and (d != 0).any() else float("nan")
+
+
 def split_sizes(splits_df: pd.DataFrame, split: int = 0) -> tuple[int, int]:
     """(n_train, n_test) of one split of a split table (image, split_0..split_9 of train/val/test).
 
@@ -124,14 +131,12 @@ def compare(results: pd.DataFrame, baseline: str, variants: Sequence[str] | None
         for metric in metrics:
             d = per_split_differences(results, variant, baseline, metric)
             ci_low, ci_high = corrected_ci(d, n_train, n_test, level)
-            wilcoxon = (float(stats.wilcoxon(d).pvalue) if len(d) >= 5 and (d != 0).any()
-                        else float("nan"))
             rows.append({"variant": variant, "baseline": baseline, "metric": metric,
                          "n_splits": len(d), "median_diff": float(d.median()) if len(d) else np.nan,
                          "mean_diff": float(d.mean()) if len(d) else np.nan,
                          "ci_low": ci_low, "ci_high": ci_high,
                          "p_corrected": corrected_resampled_ttest(d, n_train, n_test)[1],
-                         "p_wilcoxon": wilcoxon})
+                         "p_wilcoxon": wilcoxon_p(d)})
     table = pd.DataFrame(rows, columns=[c for c in COMPARE_COLUMNS if c != "p_holm"])
     table.insert(COMPARE_COLUMNS.index("p_holm"), "p_holm", holm(table["p_corrected"]))
     return table
