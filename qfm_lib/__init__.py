@@ -1,9 +1,11 @@
 """qfm_lib: the thin library behind the NR-IQA study notebooks.
 
 Modules: data (canonical datasets and converters), backbones (timm with real ImageNet weights),
-features (cached multi-stage features), metrics (PLCC/SRCC/KRCC/RMSE), splits (seeded protocol),
-pairs (semantic-noise pair mining), models/training (QFM-IQM on cached features), saliency and
-contrastive (salient-crop local-manifold learning), batch (papermill runner), cli (`qfm predict`).
+features (cached multi-stage features and token maps, ONNX Runtime extraction), metrics
+(PLCC/SRCC/KRCC/RMSE), splits (seeded splits), pairs (semantic-noise pair mining), models (pooled-vector
+models), decoder (the token decoder and its training loop), qfm_iqm and local_manifold (the two
+methods on token windows), protocol (variant registry, cached result rows and models), stats,
+findings, saliency, distortions, batch (papermill runner), cli (`qfm predict`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ def print_versions() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn",
+    names = ["torch", "torchvision", "onnxruntime", "timm", "numpy", "scipy", "pandas", "scikit-learn",
              "umap-learn", "matplotlib", "seaborn", "papermill"]
     found = {"python": platform.python_version(), "qfm_lib": __version__}
     for name in names:

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .metrics import selection_score
 from .analysis import column_stats
-from .models import BankDropout, EarlyStopping
+from .models import BankDropout
+from .training import run_epochs
 
 
 @dataclass(frozen=True)
@@ -140,11 +140,8 @@ def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarra
     zv = torch.from_numpy(((crops_va - mean) / std).astype(np.float32))
     student = CropModel(z.shape[2], cfg)
     teacher = copy.deepcopy(student).requires_grad_(False) if cfg.mutual_weight else None
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stopper, history = EarlyStopping(cfg.patience), []
-    for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
-        student.train()
-        losses = []
+
+    def epoch_losses():
         perm = rng.permutation(len(t))
         for start in range(0, len(perm) - 1, cfg.batch_images):
             idx = perm[start:start + cfg.batch_images]
@@ -160,25 +157,16 @@ def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarra
             if cfg.contrastive_weight and len(idx) > 1:
                 class_term, anchor_term = contrastive_terms(query, keys, cfg.temperature, cfg.intra_weight)
                 loss = loss + cfg.contrastive_weight * (class_term + anchor_term)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if teacher is not None:
-                with torch.no_grad():
-                    for pt, ps in zip(teacher.parameters(), student.parameters()):
-                        pt.lerp_(ps, 1 - cfg.ema_decay)
-            losses.append(loss.item())
-        scorer = teacher if teacher is not None else student
-        scorer.eval()
+            yield loss
+
+    def val_score(scorer):
         with torch.no_grad():
-            val_pred = scorer(zv)[0].mean(1).numpy()
-        score = selection_score(val_pred, y_va)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
-        if stopper.step(epoch, score, scorer):
-            break
+            return selection_score(scorer(zv)[0].mean(1).numpy(), y_va)
+
+    state, best_epoch, history = run_epochs(student, cfg, epoch_losses, val_score, teacher, progress=progress)
     final = CropModel(z.shape[2], cfg)
-    final.load_state_dict(stopper.state)
-    return TrainedCrops(final.eval(), mean, std, y_mean, y_std, cfg, stopper.best_epoch, history)
+    final.load_state_dict(state)
+    return TrainedCrops(final.eval(), mean, std, y_mean, y_std, cfg, best_epoch, history)
 
 
 def manifold_stats(emb: np.ndarray) -> dict[str, float]:

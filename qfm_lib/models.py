@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .analysis import column_stats
 from .metrics import selection_score
 from .pairs import KINDS, kind_mask
+from .training import run_epochs
 
 
 @dataclass(frozen=True)
@@ -132,23 +132,6 @@ class Trained:
         return cls(model.eval(), state["mean"], state["std"], state["y_mean"], state["y_std"], cfg, state["best_epoch"])
 
 
-class EarlyStopping:
-    """Keeps the state of the best validation score so far (of the latest epoch with keep_last)
-    and says when `patience` epochs passed without improvement."""
-
-    def __init__(self, patience: int, keep_last: bool = False):
-        self.patience, self.keep_last = patience, keep_last
-        self.best, self.best_epoch, self.state = -np.inf, 0, None
-
-    def step(self, epoch: int, score: float, model: nn.Module) -> bool:
-        """Record one epoch's score; True when training should stop."""
-        if self.keep_last or score > self.best:
-            self.best, self.best_epoch = score, epoch
-            self.state = {k: v.clone() for k, v in model.state_dict().items()}
-            return False
-        return epoch - self.best_epoch >= self.patience
-
-
 def mine_partners(z: np.ndarray, y: np.ndarray, gap_quantile: float, dist_quantile: float,
                   similar_quality: bool = True) -> list[np.ndarray]:
     """For each row, the rows that are (similar quality, distant) or (close, different quality).
@@ -196,17 +179,14 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     noisy = mine_partners(z, y_all, cfg.gap_quantile, cfg.dist_quantile) if cfg.matching_weight else None
     contrast = mine_partners(z, y_all, cfg.gap_quantile, cfg.dist_quantile, False) if cfg.contrastive_weight else None
     model = QualityModel(z.shape[1], cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     z_t, t_t, w_t = torch.from_numpy(z), torch.from_numpy(t), torch.from_numpy(weight.astype(np.float32))
     zv = torch.from_numpy(((x_val - mean) / std).astype(np.float32))
-    stopper, history = EarlyStopping(cfg.patience, keep_last), []
-    for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs", leave=False):
-        model.train()
+
+    def epoch_losses():
         # every labelled sample, plus a fresh draw of teacher-labelled views (the whole expanded
         # memory stays available as matching partners)
         order = rng.permutation(np.concatenate([
             np.arange(n_labelled), n_labelled + rng.choice(len(t) - n_labelled, n_extra, replace=False)]))
-        losses = []
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             h = model.select(z_t[idx])
@@ -225,19 +205,16 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
                 if has.any():
                     gap = (model.select(z_t[partner[has]]) - h[has]).norm(dim=1) / np.sqrt(h.shape[1])
                     loss = loss + cfg.contrastive_weight * F.relu(1.0 - gap).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
+            yield loss
+
+    def val_score(scorer):
         with torch.no_grad():
-            val_pred = model(zv).numpy()
-        score = selection_score(val_pred, y_val)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score})
-        if stopper.step(epoch, score, model):
-            break
-    model.load_state_dict(stopper.state)
-    return Trained(model.eval(), mean, std, y_mean, y_std, cfg, stopper.best_epoch, history)
+            return selection_score(scorer(zv).numpy(), y_val)
+
+    state, best_epoch, history = run_epochs(model, cfg, epoch_losses, val_score, keep_last=keep_last,
+                                            progress=progress)
+    model.load_state_dict(state)
+    return Trained(model.eval(), mean, std, y_mean, y_std, cfg, best_epoch, history)
 
 
 def train_fixed_epochs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, epochs: int) -> Trained:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import Backbone, load_backbone
 from .cache import atomic_write
-from .features import FEATURE_VERSION, FeatureSpec, _StageRecorder, to_tensor
+from .features import FEATURE_VERSION, FeatureSpec, forward_engine, run_views, to_tensor
 from .images import ImageError, load_rgb
 from .decoder import TokenSet, TrainedDecoder
 from .models import Trained
@@ -56,18 +56,15 @@ class ModelFileError(ValueError):
 @dataclass(frozen=True)
 class ModelKind:
     """One kind of saved model: `load(payload)` rebuilds it (an object with .predict(features) ->
-    scores) and `features_for(backbone, batch)` turns a (1, 3, H, W) image batch into its input."""
+    scores) and `features_for(engine, batch)` turns a (1, 3, H, W) image batch into its input, with
+    `engine` from features.forward_engine."""
 
     load: Callable[[dict], Any]
-    features_for: Callable[[Backbone, torch.Tensor], np.ndarray]
+    features_for: Callable[[Any, torch.Tensor], Any]
 
 
-def _pooled_features(backbone: Backbone, batch: torch.Tensor) -> np.ndarray:
-    recorder = _StageRecorder(backbone)
-    try:
-        return recorder.run(backbone, batch)[0]
-    finally:
-        recorder.close()
+def _pooled_features(engine, batch: torch.Tensor) -> np.ndarray:
+    return run_views(engine, batch, tokens=False)[0]
 
 
 def _load_pooled_mlp(payload: dict) -> Trained:
@@ -79,12 +76,8 @@ class TokenWindowError(ImageError):
     """An image too small for the token model's window."""
 
 
-def _token_features(backbone: Backbone, batch: torch.Tensor) -> TokenSet:
-    recorder = _StageRecorder(backbone, tokens=True)
-    try:
-        _, maps = recorder.run(backbone, batch)
-    finally:
-        recorder.close()
+def _token_features(engine, batch: torch.Tensor) -> TokenSet:
+    _, maps = run_views(engine, batch, tokens=True)
     return TokenSet(maps[0].reshape(-1, maps[0].shape[2]), np.array([maps[0].shape[:2]]))
 
 
@@ -274,6 +267,8 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
         raise ValueError(f"backbone weights differ from those the model was trained on "
                          f"({backbone.weights_sha256[:12]} vs {payload['weights_sha256'][:12]})")
     resize = payload["feature_spec"].get("resize")
+    # the engine the training features came from (models saved before engines existed: PyTorch)
+    engine = forward_engine(backbone, payload["feature_spec"].get("engine", "torch"))
     training_side = payload.get("training_image_side")
     files = expand_paths(paths)
     rows = []
@@ -287,7 +282,7 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
                 notes.append(f"resized from {native[0]}x{native[1]} to {img.width}x{img.height} (max side {max_side})")
             batch = to_tensor(img, backbone, resize)[None]
             notes.append(_size_note(batch.shape[3], batch.shape[2], training_side))
-            score = float(payload["predictor"].predict(kind.features_for(backbone, batch))[0])
+            score = float(payload["predictor"].predict(kind.features_for(engine, batch))[0])
             rows.append({"image": str(path), "score": score, "error": "", "note": "; ".join(n for n in notes if n)})
         except ImageError as err:
             rows.append({"image": str(path), "score": np.nan, "error": str(err), "note": ""})

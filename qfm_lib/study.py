@@ -46,7 +46,7 @@ def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, see
     import seaborn as sns
 
     from . import print_versions
-    from .experiments import inputs_from_study
+    from .protocol import inputs_from_study
 
     print_versions()
     sns.set_theme(style="whitegrid", context="notebook")

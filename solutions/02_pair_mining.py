@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _small import small_study  # noqa: E402
 
 from qfm_lib import analysis, pairs  # noqa: E402
-from qfm_lib import experiments as E  # noqa: E402
+from qfm_lib import protocol  # noqa: E402
 from qfm_lib.qfm_iqm import matching_partners  # noqa: E402
 from qfm_lib.splits import split_parts  # noqa: E402
 
@@ -54,7 +54,7 @@ def solution_3() -> dict:
 def solution_4() -> dict:
     """dist_quantile 0.9 instead of 0.8: fewer training partners per split."""
     s = small_study()
-    cfg = E.VARIANTS["qfm-iqm (gate+adversarial matching)"].config
+    cfg = protocol.VARIANTS["qfm-iqm (gate+adversarial matching)"].config
     train = split_parts(s.splits, 0)["train"]
     count = lambda c: sum(len(p) for p in matching_partners(s.features.full, s.mos, train, c).values()) // 2  # noqa: E731
     return {"dist_quantile_0.8": count(cfg), "dist_quantile_0.9": count(replace(cfg, dist_quantile=0.9))}

@@ -13,7 +13,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _small import SEED, small_study  # noqa: E402
 
-from qfm_lib import experiments as E  # noqa: E402
+from qfm_lib import protocol  # noqa: E402
 from qfm_lib.decoder import QualityDecoder, TokenSet, fit_decoder  # noqa: E402
 from qfm_lib.metrics import selection_score  # noqa: E402
 from qfm_lib.qfm_iqm import fit_qfm_decoder  # noqa: E402
@@ -35,7 +35,7 @@ def _val(model, tokens, y, parts) -> float:
 def solution_1() -> dict:
     """A single large matching strength (0.6) against the validation-chosen one."""
     s, tokens, parts = _setup()
-    cfg = replace(E.VARIANTS[QFM].config, seed=SEED, max_epochs=8)
+    cfg = replace(protocol.VARIANTS[QFM].config, seed=SEED, max_epochs=8)
     chosen = fit_qfm_decoder(tokens, s.mos, s.features.full, parts, cfg)
     large = fit_qfm_decoder(tokens, s.mos, s.features.full, parts, cfg, eps_grid=(0.6,))
     return {"chosen_eps": chosen.config.adv_eps, "val_chosen": _val(chosen, tokens, s.mos, parts),
@@ -47,7 +47,7 @@ def solution_2() -> dict:
     s, tokens, parts = _setup()
     out = {}
     for window in (7, 0):
-        cfg = replace(E.VARIANTS["decoder"].config, seed=SEED, window=window, max_epochs=8)
+        cfg = replace(protocol.VARIANTS["decoder"].config, seed=SEED, window=window, max_epochs=8)
         out[f"window_{window}"] = _val(fit_decoder(tokens, s.mos, parts["train"], parts["val"], cfg), tokens, s.mos, parts)
     return out
 
@@ -57,7 +57,7 @@ def solution_3() -> dict:
     s, tokens, parts = _setup()
     out = {}
     for m in (1, 2):
-        cfg = replace(E.VARIANTS[QFM].config, seed=SEED, adv_candidates=m, max_epochs=8)
+        cfg = replace(protocol.VARIANTS[QFM].config, seed=SEED, adv_candidates=m, max_epochs=8)
         out[f"candidates_{m}"] = _val(fit_qfm_decoder(tokens, s.mos, s.features.full, parts, cfg, eps_grid=(0.3,)),
                                       tokens, s.mos, parts)
     return out
@@ -77,7 +77,7 @@ class StaticGateDecoder(QualityDecoder):
 def solution_4() -> dict:
     """A static gate has C parameters instead of the MLP gate's 2*64*C: count them."""
     _, tokens, _ = _setup()
-    cfg = E.VARIANTS["decoder+gate"].config
+    cfg = protocol.VARIANTS["decoder+gate"].config
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     static, dynamic = StaticGateDecoder(tokens.channels, cfg), QualityDecoder(tokens.channels, cfg)
     x = torch.randn(2, 49, tokens.channels)

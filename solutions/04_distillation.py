@@ -22,7 +22,7 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 
-from qfm_lib import experiments as E
+from qfm_lib import protocol
 from qfm_lib import qfm_iqm
 from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
 from qfm_lib.metrics import selection_score
@@ -41,7 +41,7 @@ def setup():
     feats = study.features
     tokens = TokenSet(feats.tokens, feats.token_grid, feats.names)
     parts = split_parts(study.splits, SPLIT)
-    cfg = replace(E.VARIANTS[DISTILLED].config, seed=SEED)
+    cfg = replace(protocol.VARIANTS[DISTILLED].config, seed=SEED)
     return study.mos, feats.full, tokens, parts, cfg
 
 

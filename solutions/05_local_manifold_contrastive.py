@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qfm_lib import experiments as E
+from qfm_lib import protocol
 from qfm_lib import manifold
 from qfm_lib.decoder import fit_decoder
 from qfm_lib.local_manifold import fit_manifold_decoder, manifold_terms, window_mass
@@ -42,7 +42,7 @@ def data():
 def fit(variant: str = METHOD, **changes):
     """One token-window variant on split SPLIT, with SMALL settings and any config changes."""
     study, inputs, parts = data()
-    cfg = replace(E.VARIANTS[variant].config, seed=SEED, **SMALL, **changes)
+    cfg = replace(protocol.VARIANTS[variant].config, seed=SEED, **SMALL, **changes)
     return fit_manifold_decoder(inputs.tokens, study.mos, parts, cfg, inputs.cell_saliency)
 
 
@@ -170,7 +170,7 @@ def solution_5() -> dict:
     win; on 60 images and one split the difference is noise-sized, so the check that matters here is
     that the chooser really puts the least salient window first (`anchor_is_least_salient`)."""
     study, inputs, parts = data()
-    cfg = replace(E.VARIANTS["lmc-windows, spectral anchor"].config, seed=SEED, **SMALL)
+    cfg = replace(protocol.VARIANTS["lmc-windows, spectral anchor"].config, seed=SEED, **SMALL)
     chooser = least_salient_chooser(cfg, inputs.cell_saliency)
     tops, lefts = chooser(None, inputs.tokens, parts["train"], np.random.default_rng(0))
     mass = window_mass(inputs.cell_saliency[parts["train"]].astype(np.float64), tops, lefts, cfg.window)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _small import BACKBONE, SEED, small_study  # noqa: E402
 
 from qfm_lib import distortions as D  # noqa: E402
-from qfm_lib import experiments as E  # noqa: E402
+from qfm_lib import protocol  # noqa: E402
 from qfm_lib.baselines import fit_ridge  # noqa: E402
 from qfm_lib.data import load_dataset  # noqa: E402
 from qfm_lib.features import FeatureSpec, extract_features  # noqa: E402
@@ -44,7 +44,7 @@ def solution_1() -> dict:
     tr, va = parts["train"], parts["val"]
     x = s.features.full
     ridge, _ = fit_ridge(x[tr], s.mos[tr], x[va], s.mos[va])
-    student = train_model(x[tr], s.mos[tr], x[va], s.mos[va], replace(E.VARIANTS["gated+matching"].config, seed=SEED))
+    student = train_model(x[tr], s.mos[tr], x[va], s.mos[va], replace(protocol.VARIANTS["gated+matching"].config, seed=SEED))
     return {"ridge": _median_srcc(table, ridge(feats.full)), "gated+matching": _median_srcc(table, student.predict(feats.full))}
 
 

@@ -79,7 +79,7 @@ def test_brisque_features_cached(livec, monkeypatch):
 
 
 def test_summary_median_and_paired_test():
-    from qfm_lib.experiments import summarise
+    from qfm_lib.protocol import summarise
 
     rows = [{"variant": v, "split": s, "plcc": p + s * 0.01, "srcc": p, "krcc": p, "rmse": 1 - p}
             for s in range(10) for v, p in (("ridge", 0.8), ("better", 0.85 + 0.001 * s))]

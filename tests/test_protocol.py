@@ -1,14 +1,14 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from qfm_lib import experiments as E
+from qfm_lib import protocol
 from qfm_lib.cache import atomic_write, cache_path, digest
 from qfm_lib.decoder import DecoderConfig, TokenSet
 from qfm_lib.manifold import ManifoldConfig
+from qfm_lib.metrics import selection_score
 from qfm_lib.models import TrainConfig
 
 
@@ -25,7 +25,7 @@ def _inputs(n=90, d=16, k=3, seed=0, n_views=2):
     order = np.argsort(-rng.random((n, k)), axis=1)
     cells = np.repeat(x[:, None, :8], 16, axis=1) + rng.normal(0, 0.5, (n, 16, 8))  # 4x4 token maps
     tokens = TokenSet(cells.reshape(-1, 8).astype(np.float16), np.full((n, 2), 4), names)
-    return E.ProtocolInputs(x, y, splits, {"full_entry": "F", "crops_entry": "C"}, crops, order,
+    return protocol.ProtocolInputs(x, y, splits, {"full_entry": "F", "crops_entry": "C"}, crops, order,
                             rng.normal(size=(n, 5)), n_views, 0, tokens, rng.random((n, 4, 4)))
 
 
@@ -38,36 +38,36 @@ def fast_variants(monkeypatch):
     def fast(cfg):
         return type(cfg)(**{**cfg.__dict__, **(tiny if isinstance(cfg, DecoderConfig) else quick)})
 
-    table = {name: (E.Variant(v.kind, fast(v.config), v.eps_from) if v.config is not None else v)
-             for name, v in E.VARIANTS.items()}
-    monkeypatch.setattr(E, "VARIANTS", table)
+    table = {name: (protocol.Variant(v.kind, fast(v.config), v.eps_from) if v.config is not None else v)
+             for name, v in protocol.VARIANTS.items()}
+    monkeypatch.setattr(protocol, "VARIANTS", table)
     return table
 
 
 def test_every_variant_runs_and_rows_are_cached(fast_variants, monkeypatch):
     inp = _inputs()
-    first = E.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
+    first = protocol.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
     assert list(first.variant) == list(fast_variants)
     assert first[["plcc", "srcc", "krcc", "rmse", "val_score"]].notna().all().all()
-    assert json.loads(first.set_index("variant").loc["gated+matching+distillation", "settings"])["eps"] in E.MATCHING_EPS_GRID
-    monkeypatch.setattr(E, "_fit", lambda *a: pytest.fail("a cached row was recomputed"))
-    again = E.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
+    assert first.set_index("variant").loc["gated+matching+distillation", "settings"]["eps"] in protocol.MATCHING_EPS_GRID
+    monkeypatch.setattr(protocol, "_fit", lambda *a: pytest.fail("a cached row was recomputed"))
+    again = protocol.evaluate(inp, list(fast_variants), n_splits=1, progress=False)
     pd.testing.assert_frame_equal(first, again)
 
 
 def test_parallel_rows_equal_serial_rows(fast_variants, tmp_path, monkeypatch):
     inp = _inputs()
     names = ["ridge", "decoder+gate", "qfm-iqm + distillation", "lmc-windows"]
-    serial = E.evaluate(inp, names, n_splits=2, progress=False, n_jobs=1)
+    serial = protocol.evaluate(inp, names, n_splits=2, progress=False, n_jobs=1)
     monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "other"))
-    parallel = E.evaluate(inp, names, n_splits=2, progress=False, n_jobs=2)
+    parallel = protocol.evaluate(inp, names, n_splits=2, progress=False, n_jobs=2)
     cols = ["variant", "split", "plcc", "srcc", "krcc", "rmse", "val_score", "settings"]
     pd.testing.assert_frame_equal(serial[cols], parallel[cols])
 
 
 def test_code_digest_covers_every_imported_module():
-    files = E.code_files()
-    for module in ["experiments.py", "models.py", "pairs.py", "analysis.py", "decoder.py", "qfm_iqm.py",
+    files = protocol.code_files()
+    for module in ["protocol.py", "models.py", "pairs.py", "analysis.py", "decoder.py", "qfm_iqm.py",
                    "local_manifold.py", "saliency.py", "metrics.py"]:
         assert module in files
     assert "batch.py" not in files and "plots.py" not in files
@@ -78,38 +78,38 @@ def test_selection_never_reads_test_labels(fast_variants):
     test = inp.parts(0)["test"]
     shuffled = inp.y.copy()
     shuffled[test] = np.random.default_rng(1).permutation(shuffled[test])[::-1]
-    other = E.ProtocolInputs(inp.x, shuffled, inp.splits, {"full_entry": "F2", "crops_entry": "C2"},
+    other = protocol.ProtocolInputs(inp.x, shuffled, inp.splits, {"full_entry": "F2", "crops_entry": "C2"},
                              inp.crops, inp.crop_order, inp.brisque, inp.n_views, 0, inp.tokens, inp.cell_saliency)
     for name in ["ridge", "gated+matching", "lmc", "qfm-iqm (gate+adversarial matching)", "lmc-windows"]:
-        a, b = E.evaluate_row(inp, name, 0), E.evaluate_row(other, name, 0)
+        a, b = protocol.evaluate_row(inp, name, 0), protocol.evaluate_row(other, name, 0)
         assert a["settings"] == b["settings"] and a["val_score"] == pytest.approx(b["val_score"])
         assert a["srcc"] != pytest.approx(b["srcc"])  # the test metrics did read the (shuffled) test labels
 
 
 def test_row_keys_follow_what_a_row_depends_on():
     inp = _inputs()
-    key = E.row_key(inp, "gated", 0)
-    assert key != E.row_key(inp, "gated", 1)
-    assert E.row_key(inp, "gated", 0) == E.row_key(E.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated", 0)
-    assert E.row_key(inp, "gated+matching+distillation", 0) != E.row_key(
-        E.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated+matching+distillation", 0)
+    key = protocol.row_key(inp, "gated", 0)
+    assert key != protocol.row_key(inp, "gated", 1)
+    assert protocol.row_key(inp, "gated", 0) == protocol.row_key(protocol.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated", 0)
+    assert protocol.row_key(inp, "gated+matching+distillation", 0) != protocol.row_key(
+        protocol.ProtocolInputs(**{**inp.__dict__, "n_views": 1}), "gated+matching+distillation", 0)
     moved = inp.splits.copy()
     moved.loc[0, "split_0"], moved.loc[1, "split_0"] = moved.loc[1, "split_0"], moved.loc[0, "split_0"]
     if (moved["split_0"] != inp.splits["split_0"]).any():
-        assert E.row_key(E.ProtocolInputs(**{**inp.__dict__, "splits": moved}), "gated", 0) != key
+        assert protocol.row_key(protocol.ProtocolInputs(**{**inp.__dict__, "splits": moved}), "gated", 0) != key
     with pytest.raises(ValueError, match="unknown variant"):
-        E.row_key(inp, "no such variant", 0)
+        protocol.row_key(inp, "no such variant", 0)
 
 
 def test_missing_inputs_are_named():
     inp = _inputs()
     inp.crops = None
     with pytest.raises(ValueError, match="crops"):
-        E.evaluate_row(inp, "teacher (ridge on crops)", 0)
+        protocol.evaluate_row(inp, "teacher (ridge on crops)", 0)
 
 
 def test_registry_configs_are_what_their_names_say():
-    v = E.VARIANTS
+    v = protocol.VARIANTS
     assert not v["mlp"].config.gated and v["gated"].config.gated and v["gated"].config.matching_weight == 0
     assert v["gated+matching"].config.matching_weight > 0 and v["gated+matching+contrastive"].config.contrastive_weight > 0
     assert v["lmc - intra-class negatives"].config.intra_weight == 0
@@ -144,4 +144,27 @@ def test_code_key_ignores_docstrings_but_not_code():
     a = 'def f(x):\n    """Doubles."""\n    return 2 * x\n'
     b = 'def f(x):\n    """Twice x (reworded)."""\n    # a comment\n    return 2 * x\n'
     c = 'def f(x):\n    """Doubles."""\n    return 3 * x\n'
-    assert E._code_only(a) == E._code_only(b) != E._code_only(c)
+    assert protocol._code_only(a) == protocol._code_only(b) != protocol._code_only(c)
+
+
+def test_token_models_are_kept_with_their_rows(fast_variants, monkeypatch):
+    inp = _inputs()
+    row = protocol.evaluate_row(inp, "lmc-windows", 0)
+    monkeypatch.setattr(protocol, "_fit", lambda *a: pytest.fail("a kept model was retrained"))
+    model = protocol.trained_model(inp, "lmc-windows", 0)
+    val = inp.parts(0)["val"]
+    assert selection_score(model.predict(inp.tokens, val), inp.y[val]) == pytest.approx(row["val_score"], abs=1e-6)
+    assert model.best_epoch == row["settings"]["best_epoch"] and len(model.history) >= model.best_epoch + 1
+    with pytest.raises(ValueError, match="not a token model"):
+        protocol.trained_model(inp, "ridge", 0)
+
+
+def test_final_token_model_is_cached(fast_variants, monkeypatch):
+    inp = _inputs()
+    results = protocol.evaluate(inp, ["decoder"], n_splits=2, progress=False)
+    first, kind, info = protocol.fit_final(inp, "decoder", results)
+    monkeypatch.setattr(protocol, "fit_qfm_decoder", lambda *a, **k: pytest.fail("the final model was retrained"))
+    again, kind2, info2 = protocol.fit_final(inp, "decoder", results)
+    assert (kind, info) == (kind2, info2) == ("token-decoder", info)
+    rows = np.arange(len(inp.y))
+    np.testing.assert_allclose(first.predict(inp.tokens, rows), again.predict(inp.tokens, rows), rtol=1e-6)
