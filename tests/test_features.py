@@ -185,3 +185,14 @@ def test_unfinished_token_bytes_are_dropped_on_resume(small_livec, lite0, tmp_pa
     monkeypatch.setattr(F, "atomic_write", real)
     resumed = extract_features(small_livec, FeatureSpec(), lite0, progress=False)
     np.testing.assert_array_equal(np.asarray(resumed.tokens), np.asarray(clean.tokens))
+
+
+def test_exported_graph_handles_odd_image_sizes(lite0, tmp_path):
+    import torch
+
+    # the graph is traced at 256x256; 'same' padding and pooling must still follow the input's size
+    fast, ref = F.forward_engine(lite0, "onnxruntime", tmp_path), F.forward_engine(lite0, "torch")
+    x = torch.randn(1, 3, 333, 517)
+    for a, b in zip(fast(x), ref(x)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
