@@ -14,8 +14,8 @@ any size, `token_grid` gives each image's grid). The token decoders (decoder.Tok
 
 Inference engine: the frozen backbone runs under ONNX Runtime by default (FeatureGraph exported once
 with torch.onnx, cached under <cache>/onnx/, keyed by backbone, weights and graph version); PyTorch
-runs the same FeatureGraph as the reference (engine="torch"). Decoding runs in a background thread,
-a few images ahead of the forward pass.
+runs the same FeatureGraph as the reference (engine="torch"). Decoding runs in DECODE_THREADS
+background threads, DECODE_AHEAD images ahead of the forward pass.
 
 Cache: one folder per entry under <cache>/features/<key>, where the key hashes everything the
 numbers depend on (image names and content hashes, backbone and weights hash, normalisation,
@@ -299,7 +299,7 @@ def _views(backbone: Backbone, spec: FeatureSpec, crops: bool, path: Path, name:
 
 
 def _prefetched(decode: Callable, items: Iterable) -> Iterator:
-    """decode(*item) for each item, computed in a background thread DECODE_AHEAD items ahead."""
+    """decode(*item) for each item, computed in DECODE_THREADS background threads, DECODE_AHEAD items ahead."""
     with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
         pending = deque()
         for item in items:

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backbones import Backbone, load_backbone
+from .backbones import load_backbone
 from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, forward_engine, run_views, to_tensor
 from .images import ImageError, load_rgb
