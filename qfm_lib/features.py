@@ -231,8 +231,7 @@ class OnnxEngine:
     def __init__(self, backbone: Backbone, root: Path | None = None):
         import onnxruntime as ort
 
-        graph = FeatureGraph(backbone).eval()
-        self.token_stages = graph.token_stages
+        self.token_stages = [name for name in backbone.stage_names if name in TOKEN_STAGES]  # as FeatureGraph's
         path = onnx_graph(backbone, root)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -369,6 +368,9 @@ class _TokenFile:
         self.path, self.channels = folder / "tokens.npy", channels
         self.cells = sum(int(np.load(c)["grid"].prod(1).sum()) for c in finished)
         valid = TOKEN_HEADER + 2 * self.cells * channels
+        if self.cells and not self.path.is_file():
+            raise RuntimeError(f"{folder}: finished chunks but no tokens.npy (a partial entry of an older "
+                               f"version?); delete the folder")
         if self.path.is_file() and self.path.stat().st_size < valid:
             raise RuntimeError(f"{folder}: token file shorter than its finished chunks; delete the folder")
         with open(self.path, "ab") as fh:

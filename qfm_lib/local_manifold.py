@@ -68,7 +68,7 @@ def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):
     def choose(model: QualityDecoder, tokens: TokenSet, rows: np.ndarray, rng: np.random.Generator):
         pos = [tokens.random_positions(rows, cfg.window, rng) for _ in range(cfg.n_windows)]
         tops, lefts = np.stack([p[0] for p in pos], 1), np.stack([p[1] for p in pos], 1)
-        if cfg.anchor == "random":
+        if cfg.anchor == "random" or not cfg.contrastive_weight:  # only the contrast has an anchor
             return tops, lefts
         if cfg.anchor == "spectral":
             if spectral is None:
@@ -92,6 +92,8 @@ def manifold_terms(cfg: DecoderConfig):
 
     def term(model: QualityDecoder, batch: Batch) -> torch.Tensor:
         loss = batch.score.new_zeros(())
+        if not (cfg.mutual_weight or cfg.contrastive_weight):  # window regression: nothing to add
+            return loss
         query = model.embed(batch.query)                                   # (B, K, P)
         keys = query
         if batch.teacher is not None:

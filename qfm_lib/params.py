@@ -76,6 +76,23 @@ def list_of(item: Check, allowed: list | None = None) -> Check:
     return check
 
 
+def optional(check: Check) -> Check:
+    """None, or a value `check` accepts."""
+    def wrapped(name: str, value: Any) -> str | None:
+        return None if value is None else check(name, value)
+    return wrapped
+
+
+def setting_grid(name: str, value: Any) -> str | None:
+    """A search grid: {setting name: non-empty list of values}."""
+    if not isinstance(value, dict) or not value:
+        return f"{name} must be a non-empty dict of setting -> list of values, got {value!r}"
+    for key, values in value.items():
+        if not isinstance(key, str) or not isinstance(values, (list, tuple)) or not values:
+            return f"{name}[{key!r}] must be a non-empty list of values, got {values!r}"
+    return None
+
+
 def validate(namespace: dict[str, Any], schema: dict[str, Check]) -> dict[str, Any]:
     """Check the notebook's parameters; raise ParameterError listing unknown names and bad values."""
     values = {k: v for k, v in namespace.items()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
+from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
 from .metrics import selection_score
 from .models import mine_partners
 
@@ -90,7 +90,7 @@ def fit_qfm_decoder(tokens: TokenSet, y: np.ndarray, x_pooled: np.ndarray, parts
     """One QFM-IQM variant on one split: matching partners and teacher views from the training part
     only; with matching on, eps is chosen on validation from eps_grid (default ADV_EPS_GRID)."""
     train, val = parts["train"], parts["val"]
-    tokens.fit_normalisation(train)
+    tokens.fit_normalisation(train).keep_normalised(table_dtype(cfg))
     views = window_teacher_views(tokens, y, train, cfg, seed=cfg.seed) if cfg.distill_weight else None
     if not cfg.adv_weight:
         return fit_decoder(tokens, y, train, val, cfg, extra_views=views, progress=progress, keep_last=keep_last)

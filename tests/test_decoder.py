@@ -1,4 +1,5 @@
 """Token decoder, QFM-IQM on tokens and local-manifold windows, on small synthetic token maps."""
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -106,10 +107,14 @@ def test_window_mass_and_salient_anchor_first():
     brute = np.array([[cells[b, t:t + 3, l:l + 3].mean() for t, l in zip(tops[b], lefts[b])] for b in range(3)])
     np.testing.assert_allclose(window_mass(cells, tops, lefts, 3), brute)
     tokens, _ = _tokens(n=3)
-    cfg = replace(FAST, n_windows=4, anchor="spectral")
+    cfg = replace(FAST, n_windows=4, anchor="spectral", contrastive_weight=0.2)
     t, l = window_chooser(cfg, cells)(None, tokens, np.arange(3), np.random.default_rng(1))
     mass = window_mass(cells, t, l, 3)
     assert (mass[:, 0] >= mass.max(1) - 1e-12).all()
+    # without the contrast there is no anchor: the windows keep their random draw (same draws)
+    t0, l0 = window_chooser(replace(cfg, contrastive_weight=0.0), cells)(None, tokens, np.arange(3),
+                                                                        np.random.default_rng(1))
+    assert sorted(zip(t0.ravel(), l0.ravel())) == sorted(zip(t.ravel(), l.ravel()))
 
 
 def test_anchored_contrast_prefers_clustered_images():
@@ -135,3 +140,26 @@ def test_local_manifold_variants_train(anchor):
                   anchor=anchor, ema_decay=0.9)
     model = fit_manifold_decoder(tokens, y, parts, cfg, cells)
     assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.6
+
+
+def test_windows_from_the_kept_normalised_table_match_the_direct_path():
+    tokens, _ = _tokens(n=6)
+    tokens.fit_normalisation(np.arange(4))
+    rows, tops, lefts = np.array([0, 5, 2]), np.array([0, 1, 2]), np.array([1, 0, 2])
+    direct = tokens.windows(rows, tops, lefts, 3)
+    np.testing.assert_array_equal(tokens.keep_normalised(torch.float32).windows(rows, tops, lefts, 3), direct)
+    bf16 = tokens.keep_normalised(torch.bfloat16).windows(rows, tops, lefts, 3)
+    np.testing.assert_array_equal(bf16, direct.bfloat16().float())  # the rounding bf16 matmuls apply anyway
+    tokens.fit_normalisation(np.arange(2, 6))  # new statistics: the table no longer applies
+    assert not torch.allclose(tokens.windows(rows, tops, lefts, 3), bf16, atol=1e-3)
+    assert pickle.loads(pickle.dumps(tokens))._table is None  # workers get the tokens, not the table
+
+
+def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
+    from qfm_lib import decoder as D
+
+    assert D.precision(replace(FAST, bf16=False)) == "fp32"
+    monkeypatch.setattr(D, "_cpu_has_bf16", lambda: False)
+    assert D.precision(FAST) == "fp32" and D.table_dtype(FAST) == torch.float32
+    monkeypatch.setattr(D, "_cpu_has_bf16", lambda: True)
+    assert D.precision(FAST) == "bf16" and D.table_dtype(FAST) == torch.bfloat16

@@ -85,6 +85,27 @@ def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, m
     assert not any(e.endswith(".partial") for e in _entries(tmp_path))
 
 
+def test_partial_entry_without_its_token_file_is_refused(small_livec, lite0, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
+    real = F._forward_views
+    calls = {"n": 0}
+
+    def dies_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_forward_views", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    (partial,) = [p for p in (tmp_path / "cache" / "features").iterdir() if p.name.endswith(".partial")]
+    (partial / "tokens.npy").unlink()  # finished chunks remain: their tokens must not become zeros
+    monkeypatch.setattr(F, "_forward_views", real)
+    with pytest.raises(RuntimeError, match="no tokens.npy"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
 def test_convertible_modes(tmp_path, lite0, mode):
     path = write_image(tmp_path / f"img_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}",

@@ -1,5 +1,7 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,3 +170,28 @@ def test_final_token_model_is_cached(fast_variants, monkeypatch):
     assert (kind, info) == (kind2, info2) == ("token-decoder", info)
     rows = np.arange(len(inp.y))
     np.testing.assert_allclose(first.predict(inp.tokens, rows), again.predict(inp.tokens, rows), rtol=1e-6)
+
+
+def test_settings_search_scores_validation_only_and_picks_the_best_median(fast_variants):
+    inp = _inputs()
+    table = protocol.tune(inp, {"dim": (8, 16), "lr": (1e-3,)}, splits=(0, 1), variant="decoder", progress=False,
+                          n_jobs=1)
+    assert len(table) == 4 and set(table.dim) == {8, 16}
+    assert not {"plcc", "srcc", "rmse"} & set(table.columns)  # no test part scored
+    medians = table.groupby("dim").val_score.median()
+    assert protocol.tuning_choice(table) == {"dim": int(medians.idxmax()), "lr": 1e-3}
+    with pytest.raises(ValueError, match="unknown DecoderConfig"):
+        protocol.tune(inp, {"width": (8,)}, splits=(0,), variant="decoder", progress=False)
+    with pytest.raises(ValueError, match="token-model"):
+        protocol.tune(inp, {"dim": (8,)}, splits=(0,), variant="ridge", progress=False)
+
+
+def test_registry_uses_the_settings_the_search_chose():
+    with pytest.raises(RuntimeError, match="set protocol.TUNED"):
+        protocol.check_tuned({**protocol.TUNED, "dim": protocol.TUNED["dim"] + 1})
+    protocol.check_tuned(dict(protocol.TUNED))
+    for v in protocol.TOKEN_VARIANTS.values():
+        assert {k: getattr(v.config, k) for k in protocol.TUNED} == protocol.TUNED
+    committed = Path(__file__).parents[1] / "figures" / "tables" / "03_decoder_tuning.csv"
+    if committed.is_file():  # the full run's search (notebook 03) chose what the registry uses
+        protocol.check_tuned(protocol.tuning_choice(pd.read_csv(committed)))
