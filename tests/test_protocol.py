@@ -187,7 +187,7 @@ def test_settings_search_scores_validation_only_and_picks_the_best_median(fast_v
 
 
 def test_registry_uses_the_settings_the_search_chose():
-    with pytest.raises(RuntimeError, match="set protocol.TUNED"):
+    with pytest.raises(RuntimeError, match="tuned_settings.json"):
         protocol.check_tuned({**protocol.TUNED, "dim": protocol.TUNED["dim"] + 1})
     protocol.check_tuned(dict(protocol.TUNED))
     for v in protocol.TOKEN_VARIANTS.values():
