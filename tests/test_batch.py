@@ -123,3 +123,5 @@ def test_committed_notebooks_have_no_outputs_and_declare_outputs():
         assert not any(c.get("outputs") or c.get("execution_count") for c in code), path.name
         assert "parameters" in code[0]["metadata"].get("tags", []), path.name
         assert nb["metadata"]["qfm"]["outputs"], path.name
+        ids = [c.get("id") for c in nb["cells"]]  # nbformat 4.5: every cell has a unique id
+        assert all(ids) and len(set(ids)) == len(ids), path.name
