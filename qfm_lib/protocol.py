@@ -293,10 +293,7 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int, score_test: bool = 
     """One variant on one split: val score and test metrics (the test part scored once, after
     every choice was made on validation; score_test=False: validation only, as settings are
     searched, and no model kept). Cached."""
-    key = row_key(inp, name, split)
-    if not score_test:
-        key["validation_only"] = True
-    path = cache_path("results", key, ".json")
+    path = _row_path(inp, name, split, score_test)
     if path.is_file():
         return json.loads(path.read_text())
     threads = torch.get_num_threads()
@@ -323,6 +320,13 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int, score_test: bool = 
 TOKEN_KINDS = ("decoder", "lmc-windows")
 
 
+def _row_path(inp: ProtocolInputs, name: str, split: int, score_test: bool = True) -> Path:
+    key = row_key(inp, name, split)
+    if not score_test:
+        key["validation_only"] = True
+    return cache_path("results", key, ".json")
+
+
 def _model_path(inp: ProtocolInputs, name: str, split: int) -> Path:
     return cache_path("models", row_key(inp, name, split), ".pt")
 
@@ -338,7 +342,7 @@ def trained_model(inp: ProtocolInputs, name: str, split: int) -> TrainedDecoder:
         raise ValueError(f"{name!r} is not a token model; kinds with a kept model: {TOKEN_KINDS}")
     path = _model_path(inp, name, split)
     if not path.is_file():
-        cache_path("results", row_key(inp, name, split), ".json").unlink(missing_ok=True)
+        _row_path(inp, name, split).unlink(missing_ok=True)
         evaluate_row(inp, name, split)
     return _load_decoder(path)
 
@@ -380,18 +384,24 @@ def evaluate(inp: ProtocolInputs, variants: list[str], n_splits: int = 10, progr
     """Every variant on splits 0..n_splits-1, one row each; rows come from the cache when present,
     the others are computed by n_jobs worker processes (default: default_jobs())."""
     jobs = [(name, split) for split in range(n_splits) for name in variants]
-    missing = [j for j in jobs if not cache_path("results", row_key(inp, *j), ".json").is_file()]
-    print(f"{len(jobs)} result rows: {len(jobs) - len(missing)} cached, {len(missing)} to compute")
+    _compute_missing(inp, jobs, n_jobs, progress, "result rows")
+    return pd.DataFrame([evaluate_row(inp, name, split) for name, split in jobs])
+
+
+def _compute_missing(inp: ProtocolInputs, jobs: list[tuple[str, int]], n_jobs: int | None, progress: bool,
+                     what: str, score_test: bool = True) -> None:
+    """Compute the rows of `jobs` that are not cached, in n_jobs worker processes (default:
+    default_jobs()); rows another variant reuses settings from (eps_from) go first."""
+    missing = [j for j in jobs if not _row_path(inp, *j, score_test).is_file()]
+    print(f"{what}: {len(jobs)} rows, {len(jobs) - len(missing)} cached, {len(missing)} to compute")
     n_jobs = min(n_jobs or default_jobs(), max(len(missing), 1))
-    # rows another variant reuses settings from (eps_from) go first
     first = sorted({(inp.variant(n).eps_from, s) for n, s in missing if inp.variant(n).eps_from} & set(missing))
     for batch in (first, [j for j in missing if j not in first]):
         if batch and n_jobs > 1:
-            _compute_rows(inp, batch, n_jobs, progress)
+            _compute_rows(inp, batch, n_jobs, progress, score_test)
         else:
             for name, split in tqdm(batch, desc="training rows", disable=not progress or not batch):
-                evaluate_row(inp, name, split)
-    return pd.DataFrame([evaluate_row(inp, name, split) for name, split in jobs])
+                evaluate_row(inp, name, split, score_test)
 
 
 def tune(inp: ProtocolInputs, grid: dict | None = None, splits=TUNING_SPLITS, variant: str = TUNING_VARIANT,
@@ -412,23 +422,24 @@ def tune(inp: ProtocolInputs, grid: dict | None = None, splits=TUNING_SPLITS, va
     searched = replace(inp, variants={**inp.variants, **{n: replace(base, config=replace(base.config, **c))
                                                            for n, c in names.items()}})
     jobs = [(n, s) for s in splits for n in names]
-    missing = [j for j in jobs if not cache_path("results", {**row_key(searched, *j), "validation_only": True},
-                                                 ".json").is_file()]
-    print(f"settings search: {len(names)} settings x {len(splits)} splits, {len(jobs) - len(missing)} rows cached")
-    n_jobs = min(n_jobs or default_jobs(), max(len(missing), 1))
-    if missing and n_jobs > 1:
-        _compute_rows(searched, missing, n_jobs, progress, score_test=False)
+    _compute_missing(searched, jobs, n_jobs, progress, f"settings search ({len(names)} settings x {len(splits)} splits)",
+                     score_test=False)
     rows = [{**names[n], "split": s, **evaluate_row(searched, n, s, score_test=False)} for n, s in jobs]
     table = pd.DataFrame(rows).drop(columns="variant")
     table["best_epoch"] = [r["best_epoch"] for r in table.pop("settings")]
     return table
 
 
+def setting_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of a `tune` table that name a setting (not split, scores, seconds or epoch)."""
+    return [c for c in table.columns if c not in ("split", "val_score", "val_plcc", "val_srcc", "fit_seconds",
+                                                  "best_epoch")]
+
+
 def tuning_choice(table: pd.DataFrame) -> dict:
     """The settings with the highest median validation score over the searched splits (ties: the
     first in grid order)."""
-    keys = [c for c in table.columns if c not in ("split", "val_score", "val_plcc", "val_srcc", "fit_seconds",
-                                                  "best_epoch")]
+    keys = setting_columns(table)
     medians = table.groupby(keys, sort=False)["val_score"].median()
     best = medians.index[int(np.argmax(medians.to_numpy()))]
     best = best if isinstance(best, tuple) else (best,)

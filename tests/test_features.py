@@ -58,21 +58,28 @@ def test_key_depends_on_content_and_parameters(small_livec, lite0, tmp_path):
     assert len(_entries(tmp_path)) == 3
 
 
-def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, monkeypatch):
-    monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
-    clean = extract_features(small_livec, FeatureSpec(), lite0, progress=False, root=tmp_path / "clean")
-    calls = {"n": 0}
-    real = F._forward_views
+def _killed_on_second_chunk(table, backbone, monkeypatch) -> dict:
+    """Run an extraction that is interrupted at its second chunk (one forward call per chunk: whole
+    images are batched); returns the call counter."""
+    calls, real = {"n": 0}, F._forward_views
 
-    def dies_on_third(*args, **kwargs):  # one forward call per chunk: whole images are batched
+    def dies_on_second(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(F, "_forward_views", dies_on_third)
+    monkeypatch.setattr(F, "_forward_views", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+        extract_features(table, FeatureSpec(), backbone, progress=False)
+    return calls
+
+
+def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
+    clean = extract_features(small_livec, FeatureSpec(), lite0, progress=False, root=tmp_path / "clean")
+    real = F._forward_views
+    calls = _killed_on_second_chunk(small_livec, lite0, monkeypatch)
     partial = [e for e in _entries(tmp_path) if e.endswith(".partial")]
     assert len(partial) == 1 and len(_entries(tmp_path)) == 1  # no complete entry, one partial
     calls["n"] = -100
@@ -88,17 +95,7 @@ def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, m
 def test_partial_entry_without_its_token_file_is_refused(small_livec, lite0, tmp_path, monkeypatch):
     monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
     real = F._forward_views
-    calls = {"n": 0}
-
-    def dies_on_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(F, "_forward_views", dies_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    _killed_on_second_chunk(small_livec, lite0, monkeypatch)
     (partial,) = [p for p in (tmp_path / "cache" / "features").iterdir() if p.name.endswith(".partial")]
     (partial / "tokens.npy").unlink()  # finished chunks remain: their tokens must not become zeros
     monkeypatch.setattr(F, "_forward_views", real)
