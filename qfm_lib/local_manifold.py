@@ -78,7 +78,8 @@ def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):
             was = model.training
             model.eval()
             with torch.no_grad():
-                x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window)
+                x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window,
+                                   kept_dtype=True)
                 mass = model.token_logits(x).mean(1).view(len(rows), cfg.n_windows).numpy()
             model.train(was)
         order = np.argsort(-mass, axis=1, kind="stable")

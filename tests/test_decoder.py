@@ -89,6 +89,18 @@ def test_qfm_adversarial_matching_and_eps_on_validation():
     assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.7
 
 
+def test_normalisation_statistics_are_those_of_the_training_cells():
+    rng = np.random.default_rng(0)
+    grid = rng.integers(1, 6, (70, 2))  # grids of every size, pooled from per-image statistics
+    tokens = TokenSet(rng.normal(3, 2, (grid.prod(1).sum(), 5)).astype(np.float16), grid)
+    rows = np.array([69, 0, 33, 31, 32, 5])
+    cells = np.concatenate([np.asarray(tokens.tokens[tokens.offsets[r]:tokens.offsets[r] + grid[r].prod()],
+                                       dtype=np.float64) for r in rows])
+    tokens.fit_normalisation(rows)
+    np.testing.assert_allclose(tokens.mean, cells.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(tokens.std, cells.std(0), rtol=1e-5)
+
+
 def test_teacher_labels_are_out_of_fold():
     """Tokens that carry no signal: an in-sample teacher would reproduce the labels, an
     out-of-fold one cannot."""
@@ -148,10 +160,13 @@ def test_windows_from_the_kept_normalised_table_match_the_direct_path():
     rows, tops, lefts = np.array([0, 5, 2]), np.array([0, 1, 2]), np.array([1, 0, 2])
     direct = tokens.windows(rows, tops, lefts, 3)
     np.testing.assert_array_equal(tokens.keep_normalised(torch.float32).windows(rows, tops, lefts, 3), direct)
-    bf16 = tokens.keep_normalised(torch.bfloat16).windows(rows, tops, lefts, 3)
-    np.testing.assert_array_equal(bf16, direct.bfloat16().float())  # the rounding bf16 matmuls apply anyway
+    bf16 = tokens.keep_normalised(torch.bfloat16).windows(rows, tops, lefts, 3, kept_dtype=True)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, direct.bfloat16())  # the rounding bf16 matmuls apply anyway
+    as_float = tokens.windows(rows, tops, lefts, 3)  # callers that do not ask get float32
+    assert as_float.dtype == torch.float32 and torch.equal(as_float, bf16.float())
     tokens.fit_normalisation(np.arange(2, 6))  # new statistics: the table no longer applies
-    assert not torch.allclose(tokens.windows(rows, tops, lefts, 3), bf16, atol=1e-3)
+    fresh = tokens.windows(rows, tops, lefts, 3)
+    assert fresh.dtype == torch.float32 and not torch.allclose(fresh, bf16.float(), atol=1e-3)
     assert pickle.loads(pickle.dumps(tokens))._table is None  # workers get the tokens, not the table
 
 
