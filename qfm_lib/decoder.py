@@ -14,7 +14,9 @@ quality query cross-attends them. Here the backbone stays frozen and its token m
 Tokens carry no positional embedding: the decoder reads a bag of cells, so it applies unchanged to
 a window of the map or to the whole map. Training reads random windows (crops of the token map,
 `window` x `window` cells, 7x7 ≈ 224 px), drawn afresh every epoch; evaluation averages the scores
-of an `eval_grid` x `eval_grid` grid of windows covering the map (window 0: the whole map).
+of an `eval_grid` x `eval_grid` grid of evenly spaced windows (window 0: the whole map). The grid
+need not cover the map: the default 2 with 7x7 windows never reads rows and columns 7-8 of a 16x16
+map (docs/method.md, "Known gap in the evaluation windows").
 
 The loop (`fit_decoder`) carries every optional term, each off by default:
 * semantic noisy matching, adversarial (QFM-IQM, qfm_iqm.py): `adv_weight`;
@@ -48,7 +50,7 @@ class DecoderConfig:
     gate_hidden: int = 64
     dropout: float = 0.1
     window: int = 7                 # cells per side of a training window; 0 = the whole map
-    eval_grid: int = 2              # eval_grid x eval_grid windows averaged at test time
+    eval_grid: int = 2              # eval_grid x eval_grid windows averaged at test time (2: not covering)
     # QFM-IQM: adversarial semantic noisy matching (0 = off)
     adv_weight: float = 0.0
     adv_eps: float = 0.3

@@ -92,7 +92,12 @@ def split_boxplots(results: pd.DataFrame, title: str, figsize: tuple[float, floa
     fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=sharey)
     for ax, metric in zip(axes, ["plcc", "srcc"]):
         sns.boxplot(data=results, y="variant", x=metric, ax=ax, color="lightsteelblue", showfliers=False)
-        sns.stripplot(data=results, y="variant", x=metric, ax=ax, color="k", size=3)
+        state = np.random.get_state()
+        np.random.seed(0)  # seaborn jitters the dots with numpy's global generator: same figure every run
+        try:
+            sns.stripplot(data=results, y="variant", x=metric, ax=ax, color="k", size=3)
+        finally:
+            np.random.set_state(state)
         ax.set_title(title.format(metric=metric.upper()))
         ax.set_ylabel("")
     fig.tight_layout()

@@ -106,3 +106,33 @@ def test_compare_wilcoxon_and_holm_rules():
     assert table.p_holm.to_numpy() == pytest.approx(S.holm(table.p_corrected))
     few = S.compare(res[res.split < 4], "base", metrics=("plcc",), n_train=800, n_test=200)
     assert few.p_wilcoxon.isna().all()  # fewer than 5 splits
+
+
+def test_split_boxplots_draw_the_same_figure_every_run_and_leave_numpy_s_generator_alone():
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qfm_lib.plots import split_boxplots
+
+    rng = np.random.default_rng(0)
+    results = pd.DataFrame({"variant": np.repeat(["a", "b"], 10), "split": np.tile(np.arange(10), 2),
+                            "plcc": rng.uniform(0.8, 0.9, 20), "srcc": rng.uniform(0.8, 0.9, 20)})
+
+    def png() -> bytes:
+        fig = split_boxplots(results, "{metric}", figsize=(6, 2))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return buf.getvalue()
+
+    np.random.seed(123)
+    first = png()
+    after = np.random.random()
+    np.random.seed(123)
+    np.random.random()  # a caller's draws in between do not change the dots
+    assert png() == first
+    np.random.seed(123)
+    assert np.random.random() == after  # the global generator continues as if no figure was drawn
