@@ -221,7 +221,8 @@ class TokenSet:
         if self._stats is None:
             means, m2 = np.empty((2, len(self), self.channels))
             for r in range(len(self)):
-                cells = torch.from_numpy(np.array(self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()])).float()
+                cells = torch.from_numpy(np.array(
+                    self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()])).float()
                 mean = cells.mean(0)
                 means[r], m2[r] = mean.numpy(), cells.sub_(mean).square_().sum(0).numpy()
             self._stats = means, m2
@@ -364,8 +365,9 @@ class TrainedDecoder:
         self.model.eval()
         tokens = self.view(tokens)
         with torch.no_grad():
-            return np.stack([self.model.gate_values(tokens.windows(np.array([r]), None, None, 0, kept_dtype=True))[0].numpy()
-                             for r in rows])
+            return np.stack([
+                self.model.gate_values(tokens.windows(np.array([r]), None, None, 0, kept_dtype=True))[0].numpy()
+                for r in rows])
 
     def state(self) -> dict:
         return {"state_dict": self.model.state_dict(), "tokens_mean": torch.from_numpy(self.tokens_mean),

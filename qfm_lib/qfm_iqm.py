@@ -49,7 +49,8 @@ def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
         cands = np.stack([rng.choice(partners[int(r)], cfg.adv_candidates) for r in rows], 1).ravel()  # (M*b,)
         tokens_ = batch.tokens
         tops, lefts = tokens_.random_positions(cands, cfg.window, rng)
-        xp = tokens_.windows(cands, tops, lefts, cfg.window, kept_dtype=True).view(cfg.adv_candidates, len(rows), *x.shape[1:])
+        xp = tokens_.windows(cands, tops, lefts, cfg.window, kept_dtype=True).view(
+            cfg.adv_candidates, len(rows), *x.shape[1:])
         perturbed = torch.lerp(x.expand_as(xp), xp, cfg.adv_eps)  # x + eps (xp - x): (M, b, T, C)
         with torch.no_grad():
             was = model.training

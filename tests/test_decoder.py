@@ -161,7 +161,8 @@ def test_windows_from_the_kept_normalised_table_match_the_direct_path():
     direct = tokens.windows(rows, tops, lefts, 3)
     np.testing.assert_array_equal(tokens.keep_normalised(torch.float32).windows(rows, tops, lefts, 3), direct)
     bf16 = tokens.keep_normalised(torch.bfloat16).windows(rows, tops, lefts, 3, kept_dtype=True)
-    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, direct.bfloat16())  # the rounding bf16 matmuls apply anyway
+    # the rounding that bf16 matmuls apply anyway
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, direct.bfloat16())
     as_float = tokens.windows(rows, tops, lefts, 3)  # callers that do not ask get float32
     assert as_float.dtype == torch.float32 and torch.equal(as_float, bf16.float())
     tokens.fit_normalisation(np.arange(2, 6))  # new statistics: the table no longer applies
