@@ -14,9 +14,9 @@ quality query cross-attends them. Here the backbone stays frozen and its token m
 Tokens carry no positional embedding: the decoder reads a bag of cells, so it applies unchanged to
 a window of the map or to the whole map. Training reads random windows (crops of the token map,
 `window` x `window` cells, 7x7 ≈ 224 px), drawn afresh every epoch; evaluation averages the scores
-of an `eval_grid` x `eval_grid` grid of evenly spaced windows (window 0: the whole map). The grid
-need not cover the map: the default 2 with 7x7 windows never reads rows and columns 7-8 of a 16x16
-map (docs/method.md, "Known gap in the evaluation windows").
+of a grid of evenly spaced windows (window 0: the whole map): by default (`eval_grid` 0) the fewest
+per side that cover each image's map, e.g. 3x3 windows of 7x7 cells on a 16x16 map; `eval_grid` n
+fixes n x n windows instead, which need not cover the map (docs/method.md, "Evaluation windows").
 
 The loop (`fit_decoder`) carries every optional term, each off by default:
 * semantic noisy matching, adversarial (QFM-IQM, qfm_iqm.py): `adv_weight`;
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -50,7 +51,7 @@ class DecoderConfig:
     gate_hidden: int = 64
     dropout: float = 0.1
     window: int = 7                 # cells per side of a training window; 0 = the whole map
-    eval_grid: int = 2              # eval_grid x eval_grid windows averaged at test time (2: not covering)
+    eval_grid: int = 0              # n x n windows averaged at test time; 0: the fewest that cover the map
     # QFM-IQM: adversarial semantic noisy matching (0 = off)
     adv_weight: float = 0.0
     adv_eps: float = 0.3
@@ -79,7 +80,7 @@ class DecoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.window < 0 or self.eval_grid < 1 or self.n_windows < 1:
+        if self.window < 0 or self.eval_grid < 0 or self.n_windows < 1:
             raise ValueError(f"bad window settings: window={self.window}, eval_grid={self.eval_grid}, "
                              f"n_windows={self.n_windows}")
         if self.anchor not in ("learned", "spectral", "random"):
@@ -152,8 +153,10 @@ class QualityDecoder(nn.Module):
         return tuple(o.float() for o in out)
 
     def _forward(self, x: torch.Tensor, need_attention: bool):
-        tokens = self.proj(self._gated(x))
-        q = self.query.expand(len(x), -1, -1)
+        return self._decode(self.proj(self._gated(x)), need_attention)
+
+    def _decode(self, tokens: torch.Tensor, need_attention: bool):
+        q = self.query.expand(len(tokens), -1, -1)
         weights = None
         for i, (attn, ffn) in enumerate(zip(self.attn, self.ffn)):
             out, weights = attn(q, tokens, tokens, need_weights=need_attention)
@@ -168,7 +171,27 @@ class QualityDecoder(nn.Module):
         softmax, mean over heads), comparable across windows: where the query looks."""
         with self._autocast():
             tokens = self.proj(self._gated(x))
-        tokens = tokens.float()
+        return self._logits(tokens.float())
+
+    def scores_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward(x) and token_logits(x) from one projection of the tokens (an EMA teacher that
+        both picks the salient windows and gives their keys): score (B,), query (B, d), logits (B, T)."""
+        with self._autocast():
+            tokens = self.proj(self._gated(x))
+            score, q = self._decode(tokens, False)
+        return score.float(), q.float(), self._logits(tokens.float())
+
+    def window_scores_of_maps(self, maps: list[torch.Tensor], windows: torch.Tensor) -> torch.Tensor:
+        """Scores of windows that share cells, each cell projected once: maps, (n_i, C) token maps
+        whose cells, one map after the other, `windows` (W, T) indexes -> (W,) float32, as forward()
+        on each window gives them in eval mode. Needs a model without a gate (the gate depends on
+        each window's mean, so each window has its own projection)."""
+        if self.gate is not None:
+            raise ValueError("a gated decoder projects each window with its own gate: use forward()")
+        with self._autocast():
+            return self._decode(torch.cat([self.proj(m) for m in maps])[windows], False)[0].float()
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         attn = self.attn[0]
         d = tokens.shape[-1]
         w, b = attn.in_proj_weight, attn.in_proj_bias
@@ -181,6 +204,25 @@ class QualityDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------- token data and windows
+
+_BUFFER: dict = {}
+
+
+def _table_buffer(owner: "TokenSet", shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The process's one normalised-token table, reused from fit to fit (allocating and faulting in a
+    fresh 1.1 GB table took 1-4 s per fit, refilling it 0.7 s). The TokenSet that held it before
+    loses it (its windows are then read from the tokens directly until it keeps a table again)."""
+    buf, holder = _BUFFER.get("table", (None, None))
+    holder = holder() if holder is not None else None
+    if holder is not None and holder is not owner:
+        holder._table, holder._table_stats = None, None
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        _BUFFER.pop("table", None)
+        buf = None  # free the old buffer before allocating the new one
+        buf = torch.empty(shape, dtype=dtype)
+    _BUFFER["table"] = (buf, weakref.ref(owner))
+    return buf
+
 
 class TokenSet:
     """Token maps of a set of images, and per-channel normalisation from given (training) rows.
@@ -243,12 +285,13 @@ class TokenSet:
     def keep_normalised(self, dtype: torch.dtype = torch.float32) -> "TokenSet":
         """Hold every cell normalised with the current mean/std in memory (bfloat16: 1.1 GB for LIVEC;
         float32: twice that, and slow to fault in), so that training reads windows by indexing instead
-        of converting and normalising each window's fp16 cells at every step. Dropped when the
-        statistics change. The decoder's bf16 matmuls round their inputs to bfloat16 anyway."""
+        of converting and normalising each window's fp16 cells at every step. Refilled when the
+        statistics change; one table per process (_table_buffer), so keeping a table takes it from
+        the token set that held it. The decoder's bf16 matmuls round their inputs to bfloat16 anyway."""
         stats = (self.mean.tobytes(), self.std.tobytes(), dtype)
         if self._table_stats != stats:
-            self._table = None  # free the old table before building the new one
-            table = torch.empty(self.tokens.shape, dtype=dtype)
+            self._table, self._table_stats = None, None
+            table = _table_buffer(self, self.tokens.shape, dtype)
             for start in range(0, len(table), 2048):  # small parts: their buffer is reused, not faulted in anew
                 part = self._normalised(np.array(self.tokens[start:start + 2048]))
                 table[start:start + len(part)] = part
@@ -280,6 +323,12 @@ class TokenSet:
             return x if kept_dtype else x.float()
         return self._normalised(np.asarray(self.tokens[idx.ravel()])).view(*idx.shape, self.channels)
 
+    def image_maps(self, rows: np.ndarray) -> list[torch.Tensor]:
+        """Each image's cells (n_i, C), normalised: views of the kept table when there is one (no copy)."""
+        kept = self._table is not None and self._table_stats[:2] == (self.mean.tobytes(), self.std.tobytes())
+        spans = [(self.offsets[r], self.offsets[r] + self.grid[r].prod()) for r in rows]
+        return [self._table[a:b] if kept else self._normalised(np.asarray(self.tokens[a:b])) for a, b in spans]
+
     def _normalised(self, cells: np.ndarray) -> torch.Tensor:
         """fp16 cells (n, C) -> float32, normalised with the current mean/std."""
         cells = torch.from_numpy(cells).float()  # torch converts fp16 ~4x faster than numpy
@@ -287,8 +336,7 @@ class TokenSet:
 
     def image_means(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), C) each image's raw (unnormalised) token channels averaged over its cells."""
-        return np.stack([np.asarray(self.tokens[self.offsets[r]:self.offsets[r] + self.grid[r].prod()],
-                                    dtype=np.float32).mean(0) for r in rows])
+        return self._image_stats()[0][np.asarray(rows)].astype(np.float32)
 
     def check_window(self, rows: np.ndarray, window: int) -> None:
         """Every image in `rows` must hold at least one window."""
@@ -306,14 +354,18 @@ class TokenSet:
         g = self.grid[rows]
         return rng.integers(0, g[:, 0] - window + 1), rng.integers(0, g[:, 1] - window + 1)
 
-    def grid_positions(self, row: int, window: int, n: int) -> list[tuple[int, int]]:
-        """n x n evenly spaced window positions covering one image's map."""
+    def grid_positions(self, row: int, window: int, n: int = 0) -> list[tuple[int, int]]:
+        """Evenly spaced window positions on one image's map, from corner to corner: n per side, or
+        with n = 0 the fewest that leave no cell unread: ceil(side / window) per side."""
         if window <= 0:
             return [(0, 0)]
+
+        def starts(side: int) -> np.ndarray:
+            count = n or -(-side // window)
+            return np.unique(np.round(np.linspace(0, side - window, count)).astype(int))
+
         h, w = self.grid[row]
-        tops = np.unique(np.round(np.linspace(0, h - window, n)).astype(int))
-        lefts = np.unique(np.round(np.linspace(0, w - window, n)).astype(int))
-        return [(t, l) for t in tops for l in lefts]
+        return [(t, l) for t in starts(h) for l in starts(w)]
 
 
 # ---------------------------------------------------------------- the model and its training
@@ -344,17 +396,32 @@ class TrainedDecoder:
         pos = [tokens.grid_positions(r, self.config.window, self.config.eval_grid) for r in rows]
         owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pos)])
         flat = np.array([q for p in pos for q in p])
-        scores = []
         with torch.no_grad():
-            for start in range(0, len(owner), chunk):
-                sel = slice(start, start + chunk)
-                x = tokens.windows(rows[owner[sel]], flat[sel, 0], flat[sel, 1], self.config.window, kept_dtype=True)
-                scores.append(self.model(x)[0].numpy())
-        scores = np.concatenate(scores)
+            if self.model.gate is None and self.config.window > 0:
+                scores = self._scores_cells_once(tokens, rows, owner, flat, chunk // 4)
+            else:
+                scores = np.concatenate([self.model(tokens.windows(
+                    rows[owner[i:i + chunk]], flat[i:i + chunk, 0], flat[i:i + chunk, 1], self.config.window,
+                    kept_dtype=True))[0].numpy() for i in range(0, len(owner), chunk)])
         out = np.full((len(rows), max(len(p) for p in pos)), np.nan)
         slot = np.concatenate([np.arange(len(p)) for p in pos])
         out[owner, slot] = scores
         return out * self.y_std + self.y_mean
+
+    def _scores_cells_once(self, tokens: TokenSet, rows: np.ndarray, owner: np.ndarray, flat: np.ndarray,
+                           images: int) -> np.ndarray:
+        """Scores of overlapping windows (window `i` of image rows[owner[i]] at flat[i]), `images`
+        images at a time, each cell projected once (an ungated model's projection is per cell)."""
+        scores = []
+        for start in range(0, len(rows), images):
+            mine = np.flatnonzero((owner >= start) & (owner < start + images))
+            part = rows[start:start + images]
+            first = np.concatenate([[0], np.cumsum(tokens.grid[part].prod(1))[:-1]])
+            image = rows[owner[mine]]
+            idx = tokens.cell_index(image, flat[mine, 0], flat[mine, 1], self.config.window)
+            idx += (first[owner[mine] - start] - tokens.offsets[image])[:, None]  # into this part's maps
+            scores.append(self.model.window_scores_of_maps(tokens.image_maps(part), torch.from_numpy(idx)).numpy())
+        return np.concatenate(scores)
 
     def predict(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
         """Quality of each image: the mean score of its evaluation windows."""
@@ -395,6 +462,7 @@ class Batch:
     rng: np.random.Generator
     tokens: TokenSet          # the token set trained on
     teacher: "QualityDecoder | None" = None  # the EMA teacher, when cfg.ema
+    teacher_out: "tuple[torch.Tensor, torch.Tensor] | None" = None  # its (B, K) scores, (B, K, d) queries
 
 
 ExtraTerm = Callable[[QualityDecoder, Batch], torch.Tensor]
@@ -407,7 +475,9 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
 
     extra_terms: functions (model, Batch) -> loss added to the regression loss (QFM matching, ...).
     choose_windows(model_or_teacher, tokens, rows, rng) -> (tops, lefts) of (B, K) windows, for
-    models that pick their windows (local manifold); default: K random windows per image.
+    models that pick their windows (local manifold); default: K random windows per image. It may
+    return a third item, the model's (scores, queries) on those windows when it computed them
+    anyway, which Batch.teacher_out passes on when that model is the EMA teacher.
     extra_views: (rows, tops, lefts, labels) teacher-labelled windows (distillation), a fresh draw
     of len(train) of them joining every epoch with weight cfg.distill_weight.
     Deterministic for cfg.seed with torch's threads fixed."""
@@ -419,14 +489,17 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
     y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
     t_all = torch.from_numpy(((y - y_mean) / y_std).astype(np.float32))
     model = QualityDecoder(tokens.channels, cfg)
-    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
+    teacher = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema else None
 
     def epoch_losses():
         perm = rng.permutation(train)
         for start in range(0, len(perm), cfg.batch_images):
             rows = perm[start:start + cfg.batch_images]
+            teacher_out = None
             if choose_windows is not None:
-                tops, lefts = choose_windows(teacher or model, tokens, rows, rng)
+                tops, lefts, *seen = choose_windows(teacher or model, tokens, rows, rng)
+                if teacher is not None and seen:
+                    teacher_out = seen[0]
             else:
                 pos = [tokens.random_positions(rows, cfg.window, rng) for _ in range(cfg.n_windows)]
                 tops, lefts = np.stack([p[0] for p in pos], 1), np.stack([p[1] for p in pos], 1)
@@ -436,7 +509,7 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
             target = t_all[rows]
             loss = F.smooth_l1_loss(score, target.repeat_interleave(k))
             batch = Batch(rows, x.view(len(rows), k, *x.shape[1:]), target, score.view(len(rows), k),
-                          query.view(len(rows), k, -1), rng, tokens, teacher)
+                          query.view(len(rows), k, -1), rng, tokens, teacher, teacher_out)
             for term in extra_terms:
                 loss = loss + term(model, batch)
             if extra_views is not None and cfg.distill_weight:

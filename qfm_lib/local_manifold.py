@@ -15,7 +15,8 @@ Loss per step, besides each window's regression on its image's MOS:
   intra-class negatives weighted by `intra_weight`, its own image's non-salient windows, so the
   local manifold of one image does not collapse onto a point;
 * mutual term: each window's score is pulled towards the EMA teacher's mean score of its image.
-Keys come from the EMA teacher (MoCo-style). Evaluation: the EMA teacher's mean over the grid windows.
+Keys come from the EMA teacher (MoCo-style, in eval mode; with learned saliency from the same
+pass that chose the anchor). Evaluation: the EMA teacher's mean over the grid windows.
 """
 from __future__ import annotations
 
@@ -73,17 +74,23 @@ def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):
         if cfg.anchor == "spectral":
             if spectral is None:
                 raise ValueError("anchor='spectral' needs the spectral-residual cell saliency")
-            mass = window_mass(spectral[rows], tops, lefts, cfg.window)
-        else:  # learned: where the (EMA) model's quality query looks, mean logit inside each window
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window,
-                                   kept_dtype=True)
-                mass = model.token_logits(x).mean(1).view(len(rows), cfg.n_windows).numpy()
-            model.train(was)
-        order = np.argsort(-mass, axis=1, kind="stable")
-        return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1)
+            order = np.argsort(-window_mass(spectral[rows], tops, lefts, cfg.window), axis=1, kind="stable")
+            return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1)
+        # learned: where the (EMA) model's quality query looks, mean logit inside each window; the
+        # model's scores and queries on these windows come along (the teacher's keys, no second pass)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window,
+                               kept_dtype=True)
+            score, query, logits = model.scores_and_logits(x)
+        model.train(was)
+        b, k = len(rows), cfg.n_windows
+        order = np.argsort(-logits.mean(1).view(b, k).numpy(), axis=1, kind="stable")
+        picked = torch.from_numpy(order)
+        seen = (score.view(b, k).gather(1, picked),
+                query.view(b, k, -1).gather(1, picked[..., None].expand(-1, -1, query.shape[-1])))
+        return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1), seen
 
     return choose
 
@@ -99,8 +106,10 @@ def manifold_terms(cfg: DecoderConfig):
         keys = query
         if batch.teacher is not None:
             with torch.no_grad():
-                flat = batch.x.reshape(-1, *batch.x.shape[2:])
-                t_score, t_q = batch.teacher(flat)
+                if batch.teacher_out is not None:  # computed when the teacher chose the anchors
+                    t_score, t_q = batch.teacher_out
+                else:
+                    t_score, t_q = batch.teacher(batch.x.reshape(-1, *batch.x.shape[2:]))
                 keys = batch.teacher.embed(t_q).view_as(query)
                 t_mean = t_score.view(batch.score.shape).mean(1, keepdim=True)
             if cfg.mutual_weight:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_lib.decoder import DecoderConfig, TokenSet, TrainedDecoder, fit_decoder
+from qfm_lib.decoder import DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
 from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, window_chooser, window_mass
 from qfm_lib.metrics import srcc
 from qfm_lib.qfm_iqm import fit_qfm_decoder, matching_partners, window_teacher_views
@@ -48,6 +48,21 @@ def test_windows_shapes_normalisation_and_errors():
         small.check_window(np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="anchor"):
         DecoderConfig(anchor="somewhere")
+    with pytest.raises(ValueError, match="eval_grid=-1"):
+        DecoderConfig(eval_grid=-1)
+
+
+@pytest.mark.parametrize("side,window", [(16, 7), (16, 5), (16, 8), (13, 7), (7, 7), (9, 2), (16, 9)])
+def test_covering_grid_reads_every_cell_with_fewest_windows(side, window):
+    tokens = TokenSet(np.zeros((side * (side + 3), 2), np.float16), np.array([[side, side + 3]]))
+    pos = tokens.grid_positions(0, window)
+    read = np.zeros((side, side + 3), bool)
+    for t, l in pos:
+        read[t:t + window, l:l + window] = True
+    assert read.all()
+    tops, lefts = sorted({t for t, _ in pos}), sorted({l for _, l in pos})
+    assert len(tops) == int(np.ceil(side / window)) and len(lefts) == int(np.ceil((side + 3) / window))
+    assert tops[0] == 0 and tops[-1] == side - window
 
 
 def test_mixed_grids():
@@ -59,6 +74,28 @@ def test_mixed_grids():
     np.testing.assert_allclose(x[0].numpy(), flat, rtol=1e-3)
     with pytest.raises(ValueError, match="different grids"):
         tokens.windows(np.array([0, 1]), None, None, 0)
+
+
+@pytest.mark.parametrize("gated,kept", [(False, False), (False, True), (True, False)])
+def test_window_scores_are_each_windows_forward_pass(gated, kept):
+    rng = np.random.default_rng(0)
+    grid = np.array([[6, 6], [5, 8], [7, 6], [6, 6]] * 5)
+    tokens = TokenSet(rng.normal(size=(int(grid.prod(1).sum()), 10)).astype(np.float16), grid)
+    cfg = replace(FAST, gated=gated)
+    model = QualityDecoder(tokens.channels, cfg).eval()
+    if gated:
+        torch.nn.init.normal_(model.gate[2].weight)
+    tokens.fit_normalisation(np.arange(len(grid)))
+    if kept:
+        tokens.keep_normalised()
+    trained = TrainedDecoder(model, tokens.mean, tokens.std, 50.0, 10.0, cfg, 0)
+    rows = np.array([3, 1, 0, 2, 5, 19, 6])
+    got = trained.window_scores(tokens, rows, chunk=8)  # ungated: 2 images per part
+    for i, r in enumerate(rows):
+        pos = np.array(tokens.grid_positions(r, 3, 2))
+        with torch.no_grad():
+            direct = model(tokens.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3))[0].numpy()
+        np.testing.assert_allclose(got[i, :len(pos)], direct * 10 + 50, rtol=1e-4, atol=1e-3)
 
 
 def test_decoder_learns_and_is_deterministic():
@@ -129,6 +166,23 @@ def test_window_mass_and_salient_anchor_first():
     assert sorted(zip(t0.ravel(), l0.ravel())) == sorted(zip(t.ravel(), l.ravel()))
 
 
+def test_learned_anchor_passes_on_the_teachers_pass_over_its_windows():
+    tokens, _ = _tokens(n=4)
+    tokens.fit_normalisation(np.arange(4))
+    cfg = replace(FAST, n_windows=3, contrastive_weight=0.2, ema=True)
+    teacher = QualityDecoder(tokens.channels, cfg)
+    torch.nn.init.normal_(teacher.gate[2].weight)  # a gate that is not the identity
+    rows = np.arange(4)
+    tops, lefts, (score, query) = window_chooser(cfg)(teacher, tokens, rows, np.random.default_rng(0))
+    x = tokens.windows(np.repeat(rows, 3), tops.ravel(), lefts.ravel(), 3)
+    with torch.no_grad():
+        direct_score, direct_query = teacher.eval()(x)
+        mass = teacher.token_logits(x).mean(1).view(4, 3)
+    torch.testing.assert_close(score, direct_score.view(4, 3), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(query, direct_query.view(4, 3, -1), rtol=1e-4, atol=1e-5)
+    assert (mass[:, 0] >= mass.max(1).values - 1e-6).all()  # the anchor first
+
+
 def test_anchored_contrast_prefers_clustered_images():
     b, k, p = 4, 3, 8
     centres = torch.nn.functional.normalize(torch.randn(b, 1, p), dim=-1)
@@ -169,6 +223,16 @@ def test_windows_from_the_kept_normalised_table_match_the_direct_path():
     fresh = tokens.windows(rows, tops, lefts, 3)
     assert fresh.dtype == torch.float32 and not torch.allclose(fresh, bf16.float(), atol=1e-3)
     assert pickle.loads(pickle.dumps(tokens))._table is None  # workers get the tokens, not the table
+    # one table per process: a second token set keeping its own takes it, and the first reads directly
+    first = tokens.keep_normalised(torch.float32)
+    other, _ = _tokens(n=6, seed=1)
+    other.fit_normalisation(np.arange(6)).keep_normalised(torch.float32)
+    assert first._table is None and other._table is not None
+    np.testing.assert_array_equal(first.windows(rows, tops, lefts, 3), fresh)
+    assert torch.equal(other.windows(rows, tops, lefts, 3), other.keep_normalised(torch.float32)._table[
+        torch.from_numpy(other.cell_index(rows, tops, lefts, 3).ravel())].view(3, 9, -1))
+    first.keep_normalised(torch.float32)  # takes it back, refilled with its own statistics
+    assert other._table is None and torch.equal(first.windows(rows, tops, lefts, 3), fresh)
 
 
 def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
