@@ -312,22 +312,50 @@ class TokenSet:
         return (self.offsets[rows][:, None] + (tops[:, None] + i[None]) * cols[:, None]
                 + lefts[:, None] + j[None])
 
-    def windows(self, rows: np.ndarray, tops: np.ndarray | None, lefts: np.ndarray | None,
-                window: int, kept_dtype: bool = False) -> torch.Tensor:
-        """(len(rows), T, C) normalised float32 tokens of each window; only its cells are read.
-        kept_dtype: when a table is kept for the current statistics, in its dtype (bfloat16 in bf16
-        training, which the decoder's matmuls take as it is: no conversion at every step)."""
-        idx = self.cell_index(rows, tops, lefts, window)
-        if self._table is not None and self._table_stats[:2] == (self.mean.tobytes(), self.std.tobytes()):
-            x = self._table.index_select(0, torch.from_numpy(idx.ravel())).view(*idx.shape, self.channels)
-            return x if kept_dtype else x.float()
-        return self._normalised(np.asarray(self.tokens[idx.ravel()])).view(*idx.shape, self.channels)
+    def _kept(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The kept table when it holds the current statistics in `dtype`, else None."""
+        if self._table is None or self._table_stats != (self.mean.tobytes(), self.std.tobytes(), dtype):
+            return None
+        return self._table
 
-    def image_maps(self, rows: np.ndarray) -> list[torch.Tensor]:
-        """Each image's cells (n_i, C), normalised: views of the kept table when there is one (no copy)."""
-        kept = self._table is not None and self._table_stats[:2] == (self.mean.tobytes(), self.std.tobytes())
+    def windows(self, rows: np.ndarray, tops: np.ndarray | None, lefts: np.ndarray | None,
+                window: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(len(rows), T, C) normalised tokens of each window, rounded to `dtype`; only its cells
+        are read. The values never depend on whether a table is kept: a table kept in `dtype` holds
+        exactly these values and is read instead (bfloat16 in bf16 training, which the decoder's
+        matmuls take as it is: no conversion at every step)."""
+        idx = self.cell_index(rows, tops, lefts, window)
+        table = self._kept(dtype)
+        if table is not None:
+            return table.index_select(0, torch.from_numpy(idx.ravel())).view(*idx.shape, self.channels)
+        return self._normalised(np.asarray(self.tokens[idx.ravel()])).to(dtype).view(*idx.shape, self.channels)
+
+    def image_maps(self, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        """Each image's cells (n_i, C), normalised and rounded to `dtype`: views of the kept table
+        when it holds them (no copy)."""
+        table = self._kept(dtype)
         spans = [(self.offsets[r], self.offsets[r] + self.grid[r].prod()) for r in rows]
-        return [self._table[a:b] if kept else self._normalised(np.asarray(self.tokens[a:b])) for a, b in spans]
+        return [table[a:b] if table is not None else self._normalised(np.asarray(self.tokens[a:b])).to(dtype)
+                for a, b in spans]
+
+    def window_means(self, rows: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
+        """(len(rows), C) float64 mean normalised token of each window, exact: each image's raw cells
+        summed once into an integral image (normalising is affine, so it commutes with the mean)."""
+        rows = np.asarray(rows)
+        if window <= 0:
+            sums = self._image_stats()[0][rows]
+        else:
+            sums = np.empty((len(rows), self.channels))
+            order = np.argsort(rows, kind="stable")
+            for at in np.split(order, np.flatnonzero(np.diff(rows[order])) + 1) if len(rows) else []:
+                r = rows[at[0]]
+                (h, w), start = self.grid[r], self.offsets[r]
+                cells = torch.from_numpy(np.array(self.tokens[start:start + h * w])).double().view(h, w, -1)
+                csum = F.pad(cells.cumsum(0).cumsum(1), (0, 0, 1, 0, 1, 0)).numpy()
+                t, l = tops[at], lefts[at]
+                b, e = t + window, l + window
+                sums[at] = (csum[b, e] - csum[t, e] - csum[b, l] + csum[t, l]) / window ** 2
+        return (sums - self.mean) / self.std
 
     def _normalised(self, cells: np.ndarray) -> torch.Tensor:
         """fp16 cells (n, C) -> float32, normalised with the current mean/std."""
@@ -402,7 +430,7 @@ class TrainedDecoder:
             else:
                 scores = np.concatenate([self.model(tokens.windows(
                     rows[owner[i:i + chunk]], flat[i:i + chunk, 0], flat[i:i + chunk, 1], self.config.window,
-                    kept_dtype=True))[0].numpy() for i in range(0, len(owner), chunk)])
+                    table_dtype(self.config)))[0].numpy() for i in range(0, len(owner), chunk)])
         out = np.full((len(rows), max(len(p) for p in pos)), np.nan)
         slot = np.concatenate([np.arange(len(p)) for p in pos])
         out[owner, slot] = scores
@@ -420,7 +448,8 @@ class TrainedDecoder:
             image = rows[owner[mine]]
             idx = tokens.cell_index(image, flat[mine, 0], flat[mine, 1], self.config.window)
             idx += (first[owner[mine] - start] - tokens.offsets[image])[:, None]  # into this part's maps
-            scores.append(self.model.window_scores_of_maps(tokens.image_maps(part), torch.from_numpy(idx)).numpy())
+            maps = tokens.image_maps(part, table_dtype(self.config))
+            scores.append(self.model.window_scores_of_maps(maps, torch.from_numpy(idx)).numpy())
         return np.concatenate(scores)
 
     def predict(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
@@ -433,7 +462,7 @@ class TrainedDecoder:
         tokens = self.view(tokens)
         with torch.no_grad():
             return np.stack([
-                self.model.gate_values(tokens.windows(np.array([r]), None, None, 0, kept_dtype=True))[0].numpy()
+                self.model.gate_values(tokens.windows(np.array([r]), None, None, 0, table_dtype(self.config)))[0].numpy()
                 for r in rows])
 
     def state(self) -> dict:
@@ -475,9 +504,10 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
 
     extra_terms: functions (model, Batch) -> loss added to the regression loss (QFM matching, ...).
     choose_windows(model_or_teacher, tokens, rows, rng) -> (tops, lefts) of (B, K) windows, for
-    models that pick their windows (local manifold); default: K random windows per image. It may
-    return a third item, the model's (scores, queries) on those windows when it computed them
-    anyway, which Batch.teacher_out passes on when that model is the EMA teacher.
+    models that pick their windows (local manifold); default: K random windows per image. When it
+    read the windows anyway it may return two more items, in the chosen order: their tokens (B*K,
+    T, C) as windows(..., table_dtype(cfg)) gives them, and the model's (scores, queries) on them,
+    which Batch.teacher_out passes on when that model is the EMA teacher.
     extra_views: (rows, tops, lefts, labels) teacher-labelled windows (distillation), a fresh draw
     of len(train) of them joining every epoch with weight cfg.distill_weight.
     Deterministic for cfg.seed with torch's threads fixed."""
@@ -485,7 +515,8 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
     rng = np.random.default_rng(cfg.seed)
     train, val = np.asarray(train), np.asarray(val)
     tokens.check_window(np.concatenate([train, val]), cfg.window)
-    tokens.fit_normalisation(train).keep_normalised(table_dtype(cfg))
+    dtype = table_dtype(cfg)
+    tokens.fit_normalisation(train).keep_normalised(dtype)
     y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
     t_all = torch.from_numpy(((y - y_mean) / y_std).astype(np.float32))
     model = QualityDecoder(tokens.channels, cfg)
@@ -495,16 +526,18 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
         perm = rng.permutation(train)
         for start in range(0, len(perm), cfg.batch_images):
             rows = perm[start:start + cfg.batch_images]
-            teacher_out = None
+            x, teacher_out = None, None
             if choose_windows is not None:
-                tops, lefts, *seen = choose_windows(teacher or model, tokens, rows, rng)
-                if teacher is not None and seen:
-                    teacher_out = seen[0]
+                tops, lefts, *more = choose_windows(teacher or model, tokens, rows, rng)
+                if more:
+                    x, seen = more
+                    teacher_out = seen if teacher is not None else None
             else:
                 pos = [tokens.random_positions(rows, cfg.window, rng) for _ in range(cfg.n_windows)]
                 tops, lefts = np.stack([p[0] for p in pos], 1), np.stack([p[1] for p in pos], 1)
             k = tops.shape[1]
-            x = tokens.windows(np.repeat(rows, k), tops.ravel(), lefts.ravel(), cfg.window, kept_dtype=True)
+            if x is None:
+                x = tokens.windows(np.repeat(rows, k), tops.ravel(), lefts.ravel(), cfg.window, dtype)
             score, query = model(x)
             target = t_all[rows]
             loss = F.smooth_l1_loss(score, target.repeat_interleave(k))
@@ -515,7 +548,7 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
             if extra_views is not None and cfg.distill_weight:
                 v_rows, v_tops, v_lefts, v_labels = extra_views
                 pick = rng.integers(0, len(v_rows), len(rows))
-                xv = tokens.windows(v_rows[pick], v_tops[pick], v_lefts[pick], cfg.window, kept_dtype=True)
+                xv = tokens.windows(v_rows[pick], v_tops[pick], v_lefts[pick], cfg.window, dtype)
                 tv = torch.from_numpy(((v_labels[pick] - y_mean) / y_std).astype(np.float32))
                 loss = loss + cfg.distill_weight * F.smooth_l1_loss(model(xv)[0], tv)
             yield loss

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
+from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
 
 
 def anchored_contrast(query: torch.Tensor, keys: torch.Tensor, temperature: float,
@@ -77,20 +77,20 @@ def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):
             order = np.argsort(-window_mass(spectral[rows], tops, lefts, cfg.window), axis=1, kind="stable")
             return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1)
         # learned: where the (EMA) model's quality query looks, mean logit inside each window; the
-        # model's scores and queries on these windows come along (the teacher's keys, no second pass)
+        # windows' tokens and the model's scores and queries on them come along, in the chosen order
+        # (fit_decoder reads no window twice, and the teacher's keys need no second pass)
         was = model.training
         model.eval()
+        b, k = len(rows), cfg.n_windows
         with torch.no_grad():
-            x = tokens.windows(np.repeat(rows, cfg.n_windows), tops.ravel(), lefts.ravel(), cfg.window,
-                               kept_dtype=True)
+            x = tokens.windows(np.repeat(rows, k), tops.ravel(), lefts.ravel(), cfg.window, table_dtype(cfg))
             score, query, logits = model.scores_and_logits(x)
         model.train(was)
-        b, k = len(rows), cfg.n_windows
         order = np.argsort(-logits.mean(1).view(b, k).numpy(), axis=1, kind="stable")
-        picked = torch.from_numpy(order)
-        seen = (score.view(b, k).gather(1, picked),
-                query.view(b, k, -1).gather(1, picked[..., None].expand(-1, -1, query.shape[-1])))
-        return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1), seen
+        flat = torch.from_numpy((order + np.arange(b)[:, None] * k).ravel())  # chosen order, into the b*k windows
+        seen = (score.index_select(0, flat).view(b, k), query.index_select(0, flat).view(b, k, -1))
+        x = x.index_select(0, flat)
+        return np.take_along_axis(tops, order, 1), np.take_along_axis(lefts, order, 1), x, seen
 
     return choose
 

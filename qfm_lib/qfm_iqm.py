@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
+from .baselines import RidgeGCV
+from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
 from .metrics import selection_score
 from .models import mine_partners
 
 ADV_EPS_GRID = (0.15, 0.3)
+TEACHER_ALPHAS = np.logspace(0, 5, 11)
 
 
 def matching_partners(x_pooled: np.ndarray, y: np.ndarray, train: np.ndarray, cfg: DecoderConfig) -> dict[int, np.ndarray]:
@@ -40,24 +42,25 @@ def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
     """The extra loss term: worst-of-candidates semantic noise on each image's first window."""
 
     def term(model: QualityDecoder, batch: Batch) -> torch.Tensor:
-        rng, rows = batch.rng, batch.rows
+        rng, rows, x, target = batch.rng, batch.rows, batch.x[:, 0], batch.target  # x: (b, T, C)
         has = np.array([len(partners.get(int(r), ())) > 0 for r in rows])
         if not has.any():
             return batch.score.new_zeros(())
-        rows, x = rows[has], batch.x[torch.from_numpy(has), 0]          # (b, T, C)
-        target = batch.target[torch.from_numpy(has)]
-        cands = np.stack([rng.choice(partners[int(r)], cfg.adv_candidates) for r in rows], 1).ravel()  # (M*b,)
-        tokens_ = batch.tokens
-        tops, lefts = tokens_.random_positions(cands, cfg.window, rng)
-        xp = tokens_.windows(cands, tops, lefts, cfg.window, kept_dtype=True).view(
-            cfg.adv_candidates, len(rows), *x.shape[1:])
-        perturbed = torch.lerp(x.expand_as(xp), xp, cfg.adv_eps)  # x + eps (xp - x): (M, b, T, C)
+        if not has.all():
+            keep = torch.from_numpy(has)
+            rows, x, target = rows[has], x[keep], target[keep]
+        m, b = cfg.adv_candidates, len(rows)
+        cands = np.stack([rng.choice(partners[int(r)], m) for r in rows], 1).ravel()  # (m*b,) candidate-major
+        tops, lefts = batch.tokens.random_positions(cands, cfg.window, rng)
+        xp = batch.tokens.windows(cands, tops, lefts, cfg.window, x.dtype).view(m, b, *x.shape[1:])
+        perturbed = torch.add(x * (1 - cfg.adv_eps), xp, alpha=cfg.adv_eps)  # x + eps (xp - x): (m, b, T, C)
         with torch.no_grad():
             was = model.training
             model.eval()
-            losses = torch.stack([F.smooth_l1_loss(model(p)[0], target, reduction="none") for p in perturbed])
+            scores = torch.stack([model(p)[0] for p in perturbed])  # one call per candidate: faster than one (m*b) batch
             model.train(was)
-        worst = perturbed[losses.argmax(0), torch.arange(len(rows))]
+            losses = F.smooth_l1_loss(scores, target.expand(m, b), reduction="none")
+        worst = perturbed[losses.argmax(0), torch.arange(b)]
         return cfg.adv_weight * F.smooth_l1_loss(model(worst)[0], target)
 
     return term
@@ -66,8 +69,9 @@ def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
 def window_teacher_views(tokens: TokenSet, y: np.ndarray, train: np.ndarray, cfg: DecoderConfig,
                          folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Evaluation-grid windows of every training image, labelled out of fold by ridge on window-mean
-    tokens (alpha by RidgeCV inside each fold's training images). Returns rows, tops, lefts, labels."""
-    from sklearn.linear_model import RidgeCV
+    tokens (alpha by efficient leave-one-out inside each fold's training images, baselines.RidgeGCV:
+    what sklearn's RidgeCV chooses). Needs the tokens normalised on `train`. Returns rows, tops,
+    lefts, labels."""
     from sklearn.model_selection import KFold
 
     rows, tops, lefts = [], [], []
@@ -75,12 +79,11 @@ def window_teacher_views(tokens: TokenSet, y: np.ndarray, train: np.ndarray, cfg
         for t, l in tokens.grid_positions(r, cfg.window, cfg.eval_grid):
             rows.append(r), tops.append(t), lefts.append(l)
     rows, tops, lefts = np.array(rows), np.array(tops), np.array(lefts)
-    means = np.concatenate([tokens.windows(rows[i:i + 256], tops[i:i + 256], lefts[i:i + 256], cfg.window).mean(1).numpy()
-                            for i in range(0, len(rows), 256)])
+    means = tokens.window_means(rows, tops, lefts, cfg.window)
     labels = np.empty(len(rows))
     for fit_imgs, held_imgs in KFold(folds, shuffle=True, random_state=seed).split(train):
         fit_mask, held_mask = np.isin(rows, train[fit_imgs]), np.isin(rows, train[held_imgs])
-        ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(means[fit_mask], y[rows[fit_mask]])
+        ridge = RidgeGCV(TEACHER_ALPHAS).fit(means[fit_mask], y[rows[fit_mask]])
         labels[held_mask] = ridge.predict(means[held_mask])
     return rows, tops, lefts, labels
 
@@ -91,7 +94,7 @@ def fit_qfm_decoder(tokens: TokenSet, y: np.ndarray, x_pooled: np.ndarray, parts
     """One QFM-IQM variant on one split: matching partners and teacher views from the training part
     only; with matching on, eps is chosen on validation from eps_grid (default ADV_EPS_GRID)."""
     train, val = parts["train"], parts["val"]
-    tokens.fit_normalisation(train).keep_normalised(table_dtype(cfg))
+    tokens.fit_normalisation(train)
     views = window_teacher_views(tokens, y, train, cfg, seed=cfg.seed) if cfg.distill_weight else None
     if not cfg.adv_weight:
         return fit_decoder(tokens, y, train, val, cfg, extra_views=views, progress=progress, keep_last=keep_last)

@@ -20,10 +20,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.linear_model import RidgeCV
 
 from qfm_lib import protocol
 from qfm_lib import qfm_iqm
+from qfm_lib.baselines import RidgeGCV
 from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
 from qfm_lib.metrics import selection_score
 from qfm_lib.splits import split_parts
@@ -81,11 +81,6 @@ def label_stats(rows, labels) -> dict:
             "mae": float(np.abs(labels - y[rows]).mean())}
 
 
-def window_means(tokens, rows, tops, lefts, window):
-    return np.concatenate([tokens.windows(rows[i:i + 256], tops[i:i + 256], lefts[i:i + 256], window).mean(1).numpy()
-                           for i in range(0, len(rows), 256)])
-
-
 def solution_1(weights=(0.0, 0.1, 0.5, 2.0)) -> dict:
     """Distillation weight. Prediction: 0 is the student alone; the views' labels are shrunk and only
     moderately correlated with the MOS, so a large weight pulls the student towards a weaker,
@@ -129,8 +124,8 @@ def solution_3() -> dict:
     y, x, tokens, parts, cfg = setup()
     rows, tops, lefts, oof = oof_views()
     tokens.fit_normalisation(parts["train"])
-    means = window_means(tokens, rows, tops, lefts, cfg.window)
-    insample = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(means, y[rows]).predict(means)
+    means = tokens.window_means(rows, tops, lefts, cfg.window)
+    insample = RidgeGCV(qfm_iqm.TEACHER_ALPHAS).fit(means, y[rows]).predict(means)
     out = {"out_of_fold": label_stats(rows, oof), "in_sample": label_stats(rows, insample)}
     out["out_of_fold"]["val_score"] = val_score(train_student((rows, tops, lefts, oof)), tokens, y, parts["val"])
     out["in_sample"]["val_score"] = val_score(train_student((rows, tops, lefts, insample)), tokens, y, parts["val"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_lib.decoder import DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
+from qfm_lib.decoder import DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
 from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, window_chooser, window_mass
 from qfm_lib.metrics import srcc
 from qfm_lib.qfm_iqm import fit_qfm_decoder, matching_partners, window_teacher_views
@@ -87,14 +87,14 @@ def test_window_scores_are_each_windows_forward_pass(gated, kept):
         torch.nn.init.normal_(model.gate[2].weight)
     tokens.fit_normalisation(np.arange(len(grid)))
     if kept:
-        tokens.keep_normalised()
+        tokens.keep_normalised(table_dtype(cfg))
     trained = TrainedDecoder(model, tokens.mean, tokens.std, 50.0, 10.0, cfg, 0)
     rows = np.array([3, 1, 0, 2, 5, 19, 6])
     got = trained.window_scores(tokens, rows, chunk=8)  # ungated: 2 images per part
     for i, r in enumerate(rows):
         pos = np.array(tokens.grid_positions(r, 3, 2))
         with torch.no_grad():
-            direct = model(tokens.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3))[0].numpy()
+            direct = model(tokens.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3, table_dtype(cfg)))[0].numpy()
         np.testing.assert_allclose(got[i, :len(pos)], direct * 10 + 50, rtol=1e-4, atol=1e-3)
 
 
@@ -173,8 +173,9 @@ def test_learned_anchor_passes_on_the_teachers_pass_over_its_windows():
     teacher = QualityDecoder(tokens.channels, cfg)
     torch.nn.init.normal_(teacher.gate[2].weight)  # a gate that is not the identity
     rows = np.arange(4)
-    tops, lefts, (score, query) = window_chooser(cfg)(teacher, tokens, rows, np.random.default_rng(0))
-    x = tokens.windows(np.repeat(rows, 3), tops.ravel(), lefts.ravel(), 3)
+    tops, lefts, handed, (score, query) = window_chooser(cfg)(teacher, tokens, rows, np.random.default_rng(0))
+    x = tokens.windows(np.repeat(rows, 3), tops.ravel(), lefts.ravel(), 3, table_dtype(cfg))
+    assert torch.equal(handed, x)  # the windows' tokens, in the chosen order
     with torch.no_grad():
         direct_score, direct_query = teacher.eval()(x)
         mass = teacher.token_logits(x).mean(1).view(4, 3)
@@ -208,20 +209,26 @@ def test_local_manifold_variants_train(anchor):
     assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.6
 
 
-def test_windows_from_the_kept_normalised_table_match_the_direct_path():
+def test_windows_do_not_depend_on_a_kept_table():
     tokens, _ = _tokens(n=6)
     tokens.fit_normalisation(np.arange(4))
     rows, tops, lefts = np.array([0, 5, 2]), np.array([0, 1, 2]), np.array([1, 0, 2])
     direct = tokens.windows(rows, tops, lefts, 3)
+    direct_bf16 = tokens.windows(rows, tops, lefts, 3, torch.bfloat16)
+    assert direct.dtype == torch.float32 and torch.equal(direct_bf16, direct.bfloat16())
     np.testing.assert_array_equal(tokens.keep_normalised(torch.float32).windows(rows, tops, lefts, 3), direct)
-    bf16 = tokens.keep_normalised(torch.bfloat16).windows(rows, tops, lefts, 3, kept_dtype=True)
-    # the rounding that bf16 matmuls apply anyway
-    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, direct.bfloat16())
-    as_float = tokens.windows(rows, tops, lefts, 3)  # callers that do not ask get float32
-    assert as_float.dtype == torch.float32 and torch.equal(as_float, bf16.float())
+    tokens.keep_normalised(torch.bfloat16)
+    assert tokens._kept(torch.bfloat16) is not None and tokens._kept(torch.float32) is None
+    bf16 = tokens.windows(rows, tops, lefts, 3, torch.bfloat16)  # read from the table
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, direct_bf16)
+    assert torch.equal(tokens.windows(rows, tops, lefts, 3), direct)  # float32 callers: exact, not the table
+    maps = tokens.image_maps(rows, torch.bfloat16)
+    assert maps[0].data_ptr() == tokens._table.data_ptr()  # image 0's map: a view of the table
+    for kept, exact in zip(maps, tokens.image_maps(rows)):
+        assert torch.equal(kept, exact.bfloat16())
     tokens.fit_normalisation(np.arange(2, 6))  # new statistics: the table no longer applies
     fresh = tokens.windows(rows, tops, lefts, 3)
-    assert fresh.dtype == torch.float32 and not torch.allclose(fresh, bf16.float(), atol=1e-3)
+    assert tokens._kept(torch.bfloat16) is None and not torch.allclose(fresh, direct, atol=1e-3)
     assert pickle.loads(pickle.dumps(tokens))._table is None  # workers get the tokens, not the table
     # one table per process: a second token set keeping its own takes it, and the first reads directly
     first = tokens.keep_normalised(torch.float32)
@@ -229,10 +236,21 @@ def test_windows_from_the_kept_normalised_table_match_the_direct_path():
     other.fit_normalisation(np.arange(6)).keep_normalised(torch.float32)
     assert first._table is None and other._table is not None
     np.testing.assert_array_equal(first.windows(rows, tops, lefts, 3), fresh)
-    assert torch.equal(other.windows(rows, tops, lefts, 3), other.keep_normalised(torch.float32)._table[
+    assert torch.equal(other.windows(rows, tops, lefts, 3), other._table[
         torch.from_numpy(other.cell_index(rows, tops, lefts, 3).ravel())].view(3, 9, -1))
     first.keep_normalised(torch.float32)  # takes it back, refilled with its own statistics
     assert other._table is None and torch.equal(first.windows(rows, tops, lefts, 3), fresh)
+
+
+def test_window_means_are_the_mean_of_the_normalised_window():
+    tokens, _ = _tokens(n=5)
+    tokens.fit_normalisation(np.arange(3))
+    rows, tops, lefts = np.array([4, 0, 4, 2, 0]), np.array([0, 1, 3, 2, 0]), np.array([1, 0, 3, 2, 3])
+    expected = tokens.windows(rows, tops, lefts, 3).double().mean(1).numpy()
+    np.testing.assert_allclose(tokens.window_means(rows, tops, lefts, 3), expected, rtol=1e-5, atol=1e-6)
+    whole = tokens.windows(np.array([3]), None, None, 0).double().mean(1).numpy()
+    np.testing.assert_allclose(tokens.window_means(np.array([3]), None, None, 0), whole, rtol=1e-5, atol=1e-6)
+    assert tokens.window_means(np.array([], int), np.array([], int), np.array([], int), 3).shape == (0, tokens.channels)
 
 
 def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
