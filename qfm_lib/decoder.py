@@ -224,6 +224,17 @@ def _table_buffer(owner: "TokenSet", shape: tuple, dtype: torch.dtype) -> torch.
     return buf
 
 
+def window_average(maps: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
+    """(B, H, W, ...) maps and (B, K) window positions -> (B, K, ...) mean of each window's cells,
+    from one integral image per map."""
+    pad = ((0, 0), (1, 0), (1, 0)) + ((0, 0),) * (maps.ndim - 3)
+    csum = np.pad(maps.cumsum(1).cumsum(2), pad)
+    b = np.arange(len(maps))[:, None]
+    bottom, right = tops + window, lefts + window
+    total = csum[b, bottom, right] - csum[b, tops, right] - csum[b, bottom, lefts] + csum[b, tops, lefts]
+    return total / window ** 2
+
+
 class TokenSet:
     """Token maps of a set of images, and per-channel normalisation from given (training) rows.
 
@@ -335,12 +346,13 @@ class TokenSet:
         when it holds them (no copy)."""
         table = self._kept(dtype)
         spans = [(self.offsets[r], self.offsets[r] + self.grid[r].prod()) for r in rows]
-        return [table[a:b] if table is not None else self._normalised(np.asarray(self.tokens[a:b])).to(dtype)
-                for a, b in spans]
+        return [table[a:b] if table is not None else self._normalised(np.array(self.tokens[a:b])).to(dtype)
+                for a, b in spans]  # np.array: a writable copy of the (memory-mapped) slice for torch
 
     def window_means(self, rows: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
-        """(len(rows), C) float64 mean normalised token of each window, exact: each image's raw cells
-        summed once into an integral image (normalising is affine, so it commutes with the mean)."""
+        """(len(rows), C) float64 mean normalised token of each window, exact: the mean of its raw cells
+        from one integral image per image (window_average), then normalised (an affine map, so it
+        commutes with the mean)."""
         rows = np.asarray(rows)
         if window <= 0:
             sums = self._image_stats()[0][rows]
@@ -350,11 +362,8 @@ class TokenSet:
             for at in np.split(order, np.flatnonzero(np.diff(rows[order])) + 1) if len(rows) else []:
                 r = rows[at[0]]
                 (h, w), start = self.grid[r], self.offsets[r]
-                cells = torch.from_numpy(np.array(self.tokens[start:start + h * w])).double().view(h, w, -1)
-                csum = F.pad(cells.cumsum(0).cumsum(1), (0, 0, 1, 0, 1, 0)).numpy()
-                t, l = tops[at], lefts[at]
-                b, e = t + window, l + window
-                sums[at] = (csum[b, e] - csum[t, e] - csum[b, l] + csum[t, l]) / window ** 2
+                cells = np.asarray(self.tokens[start:start + h * w], dtype=np.float64).reshape(1, h, w, -1)
+                sums[at] = window_average(cells, tops[at][None], lefts[at][None], window)[0]
         return (sums - self.mean) / self.std
 
     def _normalised(self, cells: np.ndarray) -> torch.Tensor:
@@ -394,6 +403,13 @@ class TokenSet:
 
         h, w = self.grid[row]
         return [(t, l) for t in starts(h) for l in starts(w)]
+
+    def grid_windows(self, rows: np.ndarray, window: int, n: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every grid window (grid_positions) of the images `rows`, image after image: their image
+        rows, tops and lefts."""
+        per_image = [self.grid_positions(r, window, n) for r in rows]
+        tops, lefts = np.array([q for p in per_image for q in p], dtype=np.int64).reshape(-1, 2).T
+        return np.repeat(np.asarray(rows, dtype=np.int64), [len(p) for p in per_image]), tops, lefts
 
 
 # ---------------------------------------------------------------- the model and its training

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
+from .decoder import (Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype,
+                      window_average)
 
 
 def anchored_contrast(query: torch.Tensor, keys: torch.Tensor, temperature: float,
@@ -54,13 +55,8 @@ def anchored_contrast(query: torch.Tensor, keys: torch.Tensor, temperature: floa
     return class_term, anchor_term
 
 
-def window_mass(cell_map: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
-    """(B, H, W) per-cell saliency, (B, K) window positions -> (B, K) mean saliency inside each window."""
-    csum = np.pad(cell_map.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    b = np.arange(len(cell_map))[:, None]
-    bottom, right = tops + window, lefts + window
-    total = csum[b, bottom, right] - csum[b, tops, right] - csum[b, bottom, lefts] + csum[b, tops, lefts]
-    return total / window ** 2
+# (B, H, W) per-cell saliency, (B, K) window positions -> (B, K) mean saliency inside each window
+window_mass = window_average
 
 
 def window_chooser(cfg: DecoderConfig, spectral: np.ndarray | None = None):

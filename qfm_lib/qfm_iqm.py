@@ -74,11 +74,7 @@ def window_teacher_views(tokens: TokenSet, y: np.ndarray, train: np.ndarray, cfg
     lefts, labels."""
     from sklearn.model_selection import KFold
 
-    rows, tops, lefts = [], [], []
-    for r in train:
-        for t, l in tokens.grid_positions(r, cfg.window, cfg.eval_grid):
-            rows.append(r), tops.append(t), lefts.append(l)
-    rows, tops, lefts = np.array(rows), np.array(tops), np.array(lefts)
+    rows, tops, lefts = tokens.grid_windows(train, cfg.window, cfg.eval_grid)
     means = tokens.window_means(rows, tops, lefts, cfg.window)
     labels = np.empty(len(rows))
     for fit_imgs, held_imgs in KFold(folds, shuffle=True, random_state=seed).split(train):

@@ -63,6 +63,8 @@ def test_covering_grid_reads_every_cell_with_fewest_windows(side, window):
     tops, lefts = sorted({t for t, _ in pos}), sorted({l for _, l in pos})
     assert len(tops) == int(np.ceil(side / window)) and len(lefts) == int(np.ceil((side + 3) / window))
     assert tops[0] == 0 and tops[-1] == side - window
+    rows, t, l = tokens.grid_windows(np.array([0, 0]), window)  # every window of each image, image after image
+    assert rows.tolist() == [0] * 2 * len(pos) and list(zip(t, l)) == pos * 2
 
 
 def test_mixed_grids():
