@@ -43,13 +43,11 @@ MATCHING_EPS_GRID = (0.25, 0.5)
 class Variant:
     """kind: svr (on BRISQUE features), ridge, qfm (pooled-vector student), teacher (ridge on crops),
     distill (pooled student + teacher-labelled crop views), lmc (pooled crop features),
-    decoder (QFM-IQM family on token windows), lmc-windows (local manifold on token windows),
-    mean (the mean of its `members`' predictions, equal weights, each member fitted as its own row is).
+    decoder (QFM-IQM family on token windows), lmc-windows (local manifold on token windows).
     eps_from: reuse the matching strength that this other variant chose on validation."""
     kind: str
     config: TrainConfig | ManifoldConfig | DecoderConfig | None = None
     eps_from: str | None = None
-    members: tuple[str, ...] = ()
 
 
 # Token models. The settings every token model shares and the papers do not fix (window, decoder width,
@@ -111,10 +109,6 @@ VARIANTS: dict[str, Variant] = {
     "lmc - intra-class negatives": Variant("lmc", ManifoldConfig(intra_weight=0.0)),
     "lmc - mutual learning": Variant("lmc", ManifoldConfig(mutual_weight=0.0)),
     **TOKEN_VARIANTS,
-    # The best token model and the best pooled-crop model, averaged: not a method of either paper. Added after a
-    # validation-only exploration (docs/method.md, "Two complementary models": equal weights fixed beforehand;
-    # its members' test medians were already in the committed table, which is why it is disclosed there).
-    "window regression + lmc (mean)": Variant("mean", members=("window regression (EMA)", "lmc")),
 }
 ALL_VARIANTS = list(VARIANTS)
 
@@ -245,10 +239,6 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
         model = train_crop_model(inp.crops[tr], inp.crop_order[tr], y[tr], inp.crops[va], y[va],
                                  replace(v.config, seed=inp.seed))
         return (lambda rows: model.predict(inp.crops[rows])), {"best_epoch": model.best_epoch}, None
-    if v.kind == "mean":
-        fits = [_fit(inp, member, split) for member in v.members]
-        return ((lambda rows: np.mean([score(rows) for score, _, _ in fits], axis=0)),
-                {member: info for member, (_, info, _) in zip(v.members, fits)}, None)
     raise ValueError(f"unknown variant kind {v.kind!r}")
 
 
@@ -289,7 +279,7 @@ def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
     v = inp.variant(name)
     uses = {"svr": ["full_entry"], "ridge": ["full_entry"], "qfm": ["full_entry"], "lmc": ["crops_entry"],
             "teacher": ["full_entry", "crops_entry"], "distill": ["full_entry", "crops_entry"],
-            "decoder": ["full_entry"], "lmc-windows": ["full_entry"], "mean": []}[v.kind]
+            "decoder": ["full_entry"], "lmc-windows": ["full_entry"]}[v.kind]
     key = {"version": RESULTS_VERSION, "code": _code_digest(), "variant": name, "spec": repr(v),
            "features": {k: inp.feature_entries.get(k) for k in uses}, "seed": inp.seed, "split": split,
            "assignment": digest(list(zip(inp.splits["image"], inp.splits[f"split_{split}"])))}
@@ -299,8 +289,6 @@ def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
         key["precision"] = precision(v.config)
     if v.eps_from:
         key["eps_from"] = row_key(inp, v.eps_from, split)
-    if v.members:  # what each member's own row depends on
-        key["members"] = [row_key(inp, member, split) for member in v.members]
     return key
 
 

@@ -1,6 +1,5 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,23 +124,6 @@ def test_registry_configs_are_what_their_names_say():
     assert v["lmc-windows - mutual term"].config.mutual_weight == 0 and v["lmc-windows - mutual term"].config.ema
     assert v["lmc-windows, random anchor"].config.anchor == "random"
     assert v["window regression (EMA)"].config.contrastive_weight == 0
-
-
-def test_mean_variant_averages_its_members_fitted_as_their_rows_are(fast_variants):
-    import torch
-
-    inp, name = _inputs(), "window regression + lmc (mean)"
-    members, rows = fast_variants[name].members, inp.parts(0)["test"]
-    assert members == ("window regression (EMA)", "lmc")
-    torch.set_num_threads(1)
-    alone = [protocol._fit(inp, m, 0)[0](rows) for m in members]
-    score, info, model = protocol._fit(inp, name, 0)
-    np.testing.assert_allclose(score(rows), (alone[0] + alone[1]) / 2)
-    assert set(info) == set(members) and model is None
-    assert protocol.row_key(inp, name, 0)["members"] == [protocol.row_key(inp, m, 0) for m in members]
-    with pytest.raises(ValueError, match="unknown variant 'nope'"):
-        protocol._fit(replace(inp, variants={**inp.variants, "bad": protocol.Variant("mean", members=("nope",))}),
-                      "bad", 0)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
