@@ -1,4 +1,5 @@
-"""`qfm` console script: `qfm predict PATH... [--model FILE] [--max-side N] -o scores.csv`."""
+"""`qfm` console script: `qfm predict PATH... [--model FILE] [--max-side N] -o scores.csv`;
+`qfm compare [--rev REV] [--tolerance T]`: regenerated tables against the committed ones."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,19 @@ def main(argv: list[str] | None = None) -> int:
                       help="downscale images whose longer side exceeds N pixels to N before scoring (the "
                            "training images were about 500x500; default 1024; 0 keeps native resolution)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    comp = sub.add_parser("compare", help="compare regenerated tables with the committed ones",
+                          description="Compare the batch's CSV tables (default: figures/tables/, as the last "
+                                      "`make figures` wrote them) with those committed at a git revision, "
+                                      "column by column. Exit code 1 when a column differs by more than the "
+                                      "tolerance or a table cannot be compared.")
+    comp.add_argument("--rev", default="HEAD", help="git revision of the reference tables (default: HEAD)")
+    comp.add_argument("--reference", default=None, metavar="DIR", help="a folder of reference tables instead")
+    comp.add_argument("--tables", default=None, metavar="DIR", help="the tables to check (default: figures/tables)")
+    comp.add_argument("--tolerance", type=float, default=1e-3, help="largest absolute difference (default 1e-3)")
+    comp.add_argument("-o", "--output", default=None, help="also write every column's difference to this CSV")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return _compare(args)
 
     from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, predict_images
 
@@ -40,6 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"qfm predict: {failed} of {len(scores)} images failed (see the error column)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _compare(args) -> int:
+    from .reproduce import TABLES_DIR, compare_tables, git_tables, report
+
+    try:
+        reference = args.reference or git_tables(args.rev)
+        comparison = compare_tables(reference, args.tables or TABLES_DIR)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"qfm compare: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        comparison.to_csv(args.output, index=False)
+    text, agree = report(comparison, args.tolerance)
+    print(text)
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""qfm compare: regenerated tables against committed ones."""
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qfm_lib.cli import main
+from qfm_lib.reproduce import compare_table, compare_tables, git_tables, report
+
+
+def _results() -> pd.DataFrame:
+    return pd.DataFrame({"variant": ["ridge", "ridge", "lmc", "lmc"], "split": [0, 1, 0, 1],
+                         "plcc": [0.85, 0.82, 0.86, 0.84], "fit_seconds": [0.4, 0.3, 9.0, 8.0],
+                         "settings": ["{'alpha': 10}", "{'alpha': 1}", "{'best_epoch': 3}", "{'best_epoch': 5}"]})
+
+
+def test_identical_tables_agree_and_rows_are_matched_by_label():
+    ref = _results()
+    new = ref.iloc[::-1].copy()                 # another row order: matched by variant / split
+    new["fit_seconds"] *= 3                      # timing columns are skipped
+    comparison = compare_table(ref, new, "t.csv")
+    assert set(comparison["column"]) == {"plcc", "settings"}
+    assert comparison["max_abs_diff"].max() == 0
+    assert report(comparison, 0.0)[1]
+
+
+def test_a_changed_number_is_reported_with_its_row():
+    ref, new = _results(), _results()
+    new.loc[2, "plcc"] += 0.004
+    row = compare_table(ref, new, "t.csv").set_index("column").loc["plcc"]
+    assert row["max_abs_diff"] == pytest.approx(0.004)
+    assert row["at"] == "lmc / 0"
+    assert report(compare_table(ref, new), 0.005)[1]
+    text, agree = report(compare_table(ref, new), 0.001)
+    assert not agree and "plcc" in text
+
+
+def test_changed_text_and_one_sided_nan_get_notes():
+    ref, new = _results(), _results()
+    new.loc[3, "settings"] = "{'best_epoch': 6}"
+    new.loc[0, "plcc"] = np.nan
+    notes = compare_table(ref, new).set_index("column")["note"]
+    assert notes["settings"] == "text differs in 1 rows"     # the text of matched rows is compared
+    assert notes["plcc"] == "NaN in one table only: 1 rows"
+    assert not report(compare_table(ref, new), 1.0)[1]
+
+
+def test_rows_that_cannot_be_matched_and_missing_tables(tmp_path):
+    (tmp_path / "ref").mkdir(), (tmp_path / "new").mkdir()
+    _results().to_csv(tmp_path / "ref" / "a.csv", index=False)
+    _results().iloc[:3].to_csv(tmp_path / "new" / "a.csv", index=False)
+    _results().to_csv(tmp_path / "new" / "b.csv", index=False)
+    comparison = compare_tables(tmp_path / "ref", tmp_path / "new").set_index("table")["note"]
+    assert comparison["a.csv"] == "rows differ (4 committed, 3 new)"
+    assert comparison["b.csv"] == "missing from the committed tables"
+    with pytest.raises(FileNotFoundError, match="no tables folder"):
+        compare_tables(tmp_path / "nowhere", tmp_path / "new")
+
+
+def test_git_tables_and_the_cli(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    (repo / "figures" / "tables").mkdir(parents=True)
+    _results().to_csv(repo / "figures" / "tables" / "a.csv", index=False)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "tables"], check=True)
+    committed = git_tables("HEAD", repo=repo)
+    assert pd.read_csv(committed / "a.csv").equals(pd.read_csv(repo / "figures" / "tables" / "a.csv"))
+    with pytest.raises(ValueError, match="git archive nope"):
+        git_tables("nope", repo=repo)
+
+    changed = _results()
+    changed.loc[1, "plcc"] += 0.01
+    (tmp_path / "new").mkdir()
+    changed.to_csv(tmp_path / "new" / "a.csv", index=False)
+    args = ["compare", "--reference", str(committed), "--tables", str(tmp_path / "new")]
+    assert main(args + ["--tolerance", "0.02", "-o", str(tmp_path / "all.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "all.csv")) == 2
+    assert main(args) == 1
+    assert "1 beyond 0.001" in capsys.readouterr().out
+    assert main(["compare", "--reference", str(tmp_path / "nowhere")]) == 2
