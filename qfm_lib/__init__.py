@@ -5,7 +5,8 @@ features (cached multi-stage features and token maps, ONNX Runtime extraction), 
 (PLCC/SRCC/KRCC/RMSE), splits (seeded splits), pairs (semantic-noise pair mining), models (pooled-vector
 models), decoder (the token decoder and its training loop), qfm_iqm and local_manifold (the two
 methods on token windows), protocol (variant registry, cached result rows and models), stats,
-findings, saliency, distortions, batch (papermill runner), cli (`qfm predict`).
+findings, saliency, distortions, batch (papermill runner), reproduce (regenerated tables against
+committed ones), cli (`qfm predict`, `qfm compare`).
 """
 from __future__ import annotations
 
