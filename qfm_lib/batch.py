@@ -10,7 +10,8 @@ Each notebook declares in its metadata what it writes and its profile overrides:
 The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, so smoke never
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
 It stops at the first failing notebook with a non-zero exit naming it, checks that every declared
-output exists and was written by this run, and prints a per-notebook time summary.
+output exists and was written by this run, and prints a per-notebook time summary; a whole full run
+ends with how its tables compare with those committed at git HEAD (`qfm compare`; information only).
 
 Executed copies land in build/<profile>/executed/, each also as a standalone HTML page (NN_*.html,
 figures embedded) to read the study without running anything. While a notebook runs, a status line
@@ -310,7 +311,23 @@ def main(argv: list[str] | None = None) -> int:
     except BatchError as err:
         print(f"[batch] FAILED: {err}", file=sys.stderr)
         return 1
+    if args.profile == "full" and not args.only and not args.p:
+        print(f"\n{reproduction_summary()}")
     return 0
+
+
+def reproduction_summary(tolerance: float = 1e-3) -> str:
+    """How the tables a full run wrote compare with those committed at git HEAD (`qfm compare`):
+    information, not a failure, since another machine may differ in the last digits."""
+    from .reproduce import compare_with_git
+
+    try:
+        _, text, agree = compare_with_git(rev="HEAD", tolerance=tolerance)
+    except (FileNotFoundError, ValueError) as err:
+        return f"[batch] not compared with the committed tables: {err}"
+    verdict = "reproduced" if agree else "NOT all reproduced"
+    return (f"[batch] tables against those committed at git HEAD ({verdict} within {tolerance:g}; "
+            f"`qfm compare` for details):\n{text}")
 
 
 if __name__ == "__main__":

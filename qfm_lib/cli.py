@@ -56,17 +56,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args) -> int:
-    from .reproduce import TABLES_DIR, compare_tables, git_tables, report
+    from .reproduce import TABLES_DIR, compare_tables, compare_with_git, report
 
+    tables = args.tables or TABLES_DIR
     try:
-        reference = args.reference or git_tables(args.rev)
-        comparison = compare_tables(reference, args.tables or TABLES_DIR)
+        if args.reference:
+            comparison = compare_tables(args.reference, tables)
+            text, agree = report(comparison, args.tolerance)
+        else:
+            comparison, text, agree = compare_with_git(args.rev, tables, args.tolerance)
     except (FileNotFoundError, ValueError) as err:
         print(f"qfm compare: {err}", file=sys.stderr)
         return 2
     if args.output:
         comparison.to_csv(args.output, index=False)
-    text, agree = report(comparison, args.tolerance)
     print(text)
     return 0 if agree else 1
 

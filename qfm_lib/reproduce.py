@@ -19,20 +19,31 @@ from .paths import FIGURES_DIR, PROJECT_ROOT
 
 SKIPPED_COLUMNS = ("seconds",)
 TABLES_DIR = FIGURES_DIR / "tables"
+# max_diff: the largest |committed - new| / max(1, |committed|), absolute for values within [-1, 1]
+# (PLCC, SRCC, p-values), relative above (RMSE on the MOS scale, counts)
+COLUMNS = ["table", "column", "n", "max_diff", "at", "note"]
 
 
-def git_tables(rev: str = "HEAD", folder: str = "figures/tables", repo: Path | None = None) -> Path:
-    """The CSV tables of `folder` as committed at `rev`, extracted into a fresh temporary folder."""
+def git_tables(rev: str, dest: Path, folder: str = "figures/tables", repo: Path | None = None) -> Path:
+    """Extract the tables of `folder` as committed at `rev` under `dest`; returns their folder."""
     repo = Path(repo or PROJECT_ROOT)
     try:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, folder], check=True,
                                  capture_output=True).stdout
-    except subprocess.CalledProcessError as err:
-        raise ValueError(f"git archive {rev} {folder} failed in {repo}: {err.stderr.decode().strip()}") from err
-    out = Path(tempfile.mkdtemp(prefix=f"tables-{rev.replace('/', '_')}-"))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = err.stderr.decode().strip() if isinstance(err, subprocess.CalledProcessError) else err
+        raise ValueError(f"git archive {rev} {folder} failed in {repo}: {detail}") from err
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(out, filter="data")
-    return out / folder
+        tar.extractall(dest, filter="data")
+    return Path(dest) / folder
+
+
+def compare_with_git(rev: str = "HEAD", tables: Path = TABLES_DIR, tolerance: float = 1e-3,
+                     repo: Path | None = None) -> tuple[pd.DataFrame, str, bool]:
+    """compare_tables of the tables committed at `rev` and `tables`, with report()'s text and verdict."""
+    with tempfile.TemporaryDirectory(prefix="committed-tables-") as tmp:
+        comparison = compare_tables(git_tables(rev, Path(tmp), repo=repo), tables)
+    return (comparison, *report(comparison, tolerance))
 
 
 def _matched(ref: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool] | None:
@@ -56,12 +67,12 @@ def _matched(ref: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
 
 
 def _row(name: str, column: str = "", n: int = 0, diff: float = np.nan, at: str = "", note: str = "") -> dict:
-    return {"table": name, "column": column, "n": n, "max_abs_diff": diff, "at": at, "note": note}
+    return dict(zip(COLUMNS, (name, column, n, diff, at, note)))
 
 
 def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.DataFrame:
-    """One row per column the two tables share: for numbers the largest absolute difference and where
-    it is (row label or position); a note for what does not agree otherwise (text that differs, NaN in
+    """One row per column the two tables share: for numbers the largest difference (max_diff: absolute
+    within [-1, 1], relative above) and where it is (row label or position); a note for what does not agree otherwise (text that differs, NaN in
     one table only, rows that cannot be matched)."""
     matched = _matched(ref, new)
     if matched is None:
@@ -78,7 +89,7 @@ def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.Da
             out.append(_row(name, col, len(a), note=f"text differs in {differs} rows" if differs else ""))
             continue
         x, y = a[col].to_numpy(float), b[col].to_numpy(float)
-        diff = np.abs(x - y)
+        diff = np.abs(x - y) / np.maximum(1.0, np.abs(x))
         nan_mismatch = int((np.isnan(x) != np.isnan(y)).sum())
         compared = ~np.isnan(diff)
         worst = int(np.argmax(np.where(compared, diff, -1.0)))
@@ -86,7 +97,7 @@ def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.Da
         out.append(_row(name, col, int(compared.sum()), float(diff[worst]) if compared.any() else np.nan,
                         " / ".join(map(str, label)) if isinstance(label, tuple) else str(label),
                         f"NaN in one table only: {nan_mismatch} rows" if nan_mismatch else ""))
-    return pd.DataFrame(out, columns=["table", "column", "n", "max_abs_diff", "at", "note"])
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def compare_tables(reference: Path, candidate: Path) -> pd.DataFrame:
@@ -109,9 +120,9 @@ def compare_tables(reference: Path, candidate: Path) -> pd.DataFrame:
 
 def report(comparison: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
     """A text report of the columns beyond `tolerance` (and of every note), and whether all agree."""
-    beyond = comparison[(comparison["max_abs_diff"] > tolerance) | (comparison["note"] != "")]
+    beyond = comparison[(comparison["max_diff"] > tolerance) | (comparison["note"] != "")]
     n_tables = comparison["table"].nunique()
     head = (f"{n_tables} tables, {len(comparison)} columns compared; largest difference "
-            f"{comparison['max_abs_diff'].max():.3g}; {len(beyond)} beyond {tolerance:g} or not comparable")
+            f"{comparison['max_diff'].max():.3g}; {len(beyond)} beyond {tolerance:g} or not comparable")
     body = beyond.to_string(index=False, max_colwidth=60, float_format="{:.3g}".format) if len(beyond) else ""
     return head + ("\n" + body if body else ""), beyond.empty

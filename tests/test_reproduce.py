@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from qfm_lib.cli import main
-from qfm_lib.reproduce import compare_table, compare_tables, git_tables, report
+from qfm_lib.reproduce import compare_table, compare_tables, compare_with_git, git_tables, report
 
 
 def _results() -> pd.DataFrame:
@@ -21,7 +21,7 @@ def test_identical_tables_agree_and_rows_are_matched_by_label():
     new["fit_seconds"] *= 3                      # timing columns are skipped
     comparison = compare_table(ref, new, "t.csv")
     assert set(comparison["column"]) == {"plcc", "settings"}
-    assert comparison["max_abs_diff"].max() == 0
+    assert comparison["max_diff"].max() == 0
     assert report(comparison, 0.0)[1]
 
 
@@ -29,9 +29,11 @@ def test_a_changed_number_is_reported_with_its_row():
     ref, new = _results(), _results()
     new.loc[2, "plcc"] += 0.004
     row = compare_table(ref, new, "t.csv").set_index("column").loc["plcc"]
-    assert row["max_abs_diff"] == pytest.approx(0.004)
+    assert row["max_diff"] == pytest.approx(0.004)
     assert row["at"] == "lmc / 0"
     assert report(compare_table(ref, new), 0.005)[1]
+    ref["rmse"], new["rmse"] = 10.0, 10.02            # above 1: relative difference
+    assert compare_table(ref, new).set_index("column").loc["rmse", "max_diff"] == pytest.approx(0.002)
     text, agree = report(compare_table(ref, new), 0.001)
     assert not agree and "plcc" in text
 
@@ -66,10 +68,11 @@ def test_git_tables_and_the_cli(tmp_path, capsys):
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "-qm", "tables"], check=True)
-    committed = git_tables("HEAD", repo=repo)
+    committed = git_tables("HEAD", tmp_path / "committed", repo=repo)
     assert pd.read_csv(committed / "a.csv").equals(pd.read_csv(repo / "figures" / "tables" / "a.csv"))
     with pytest.raises(ValueError, match="git archive nope"):
-        git_tables("nope", repo=repo)
+        git_tables("nope", tmp_path / "x", repo=repo)
+    assert compare_with_git("HEAD", repo / "figures" / "tables", repo=repo)[2]
 
     changed = _results()
     changed.loc[1, "plcc"] += 0.01
@@ -81,3 +84,15 @@ def test_git_tables_and_the_cli(tmp_path, capsys):
     assert main(args) == 1
     assert "1 beyond 0.001" in capsys.readouterr().out
     assert main(["compare", "--reference", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_full_batch_ends_with_the_comparison(monkeypatch):
+    from qfm_lib import batch, reproduce
+
+    monkeypatch.setattr(reproduce, "compare_with_git", lambda **kw: (None, "2 tables ...", True))
+    assert batch.reproduction_summary().startswith("[batch] tables against those committed at git HEAD (reproduced")
+
+    def no_git(**kw):
+        raise ValueError("git archive HEAD figures/tables failed in /x: not a git repository")
+    monkeypatch.setattr(reproduce, "compare_with_git", no_git)
+    assert "not compared with the committed tables: git archive" in batch.reproduction_summary()
