@@ -34,7 +34,7 @@ def git_tables(rev: str, dest: Path, folder: str = "figures/tables", repo: Path 
         detail = err.stderr.decode().strip() if isinstance(err, subprocess.CalledProcessError) else err
         raise ValueError(f"git archive {rev} {folder} failed in {repo}: {detail}") from err
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # 3.10.12+
     return Path(dest) / folder
 
 
