@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--rev", default="HEAD", help="git revision of the reference tables (default: HEAD)")
     comp.add_argument("--reference", default=None, metavar="DIR", help="a folder of reference tables instead")
     comp.add_argument("--tables", default=None, metavar="DIR", help="the tables to check (default: figures/tables)")
-    comp.add_argument("--tolerance", type=float, default=1e-3, help="largest absolute difference (default 1e-3)")
+    comp.add_argument("--tolerance", type=float, default=1e-3, help="largest difference allowed, absolute within [-1, 1] and relative above "
+                           "(default 1e-3)")
     comp.add_argument("-o", "--output", default=None, help="also write every column's difference to this CSV")
     args = parser.parse_args(argv)
     if args.command == "compare":

@@ -2,8 +2,9 @@
 column, within a tolerance: `qfm compare` (after `make figures`, the committed tables of git HEAD against
 the freshly written figures/tables/).
 
-Rows are matched by the table's text columns (variant, split, metric, ...) when those identify them, else
-by position. Timing columns (`*seconds*`) are skipped: they measure the machine, not the result."""
+Rows are matched by their identifying columns (the first text and integer columns: variant, split,
+metric, ...) when those identify them, else by position. Timing columns (`*seconds*`) are skipped: they
+measure the machine, not the result."""
 from __future__ import annotations
 
 import subprocess
@@ -72,8 +73,8 @@ def _row(name: str, column: str = "", n: int = 0, diff: float = np.nan, at: str 
 
 def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.DataFrame:
     """One row per column the two tables share: for numbers the largest difference (max_diff: absolute
-    within [-1, 1], relative above) and where it is (row label or position); a note for what does not agree otherwise (text that differs, NaN in
-    one table only, rows that cannot be matched)."""
+    within [-1, 1], relative above) and where it is (row label or position); a note for what does not
+    agree otherwise (text that differs, NaN in one table only, rows that cannot be matched)."""
     matched = _matched(ref, new)
     if matched is None:
         rows = [_row(name, n=len(new), note=f"rows differ ({len(ref)} committed, {len(new)} new)")]
@@ -115,7 +116,7 @@ def compare_tables(reference: Path, candidate: Path) -> pd.DataFrame:
             parts.append(pd.DataFrame([_row(name, note=f"missing from the {side} tables")]))
             continue
         parts.append(compare_table(pd.read_csv(ref), pd.read_csv(new), name))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
 def report(comparison: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
