@@ -98,6 +98,8 @@ def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.Da
         out.append(_row(name, col, int(compared.sum()), float(diff[worst]) if compared.any() else np.nan,
                         " / ".join(map(str, label)) if isinstance(label, tuple) else str(label),
                         f"NaN in one table only: {nan_mismatch} rows" if nan_mismatch else ""))
+    if not out:  # every column identifies the rows (e.g. a list of pairs), and both have the same rows
+        out.append(_row(name, "(rows)", len(a), 0.0))
     return pd.DataFrame(out, columns=COLUMNS)
 
 

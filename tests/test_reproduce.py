@@ -98,3 +98,12 @@ def test_the_full_batch_ends_with_the_comparison(monkeypatch):
         raise ValueError("git archive HEAD figures/tables failed in /x: not a git repository")
     monkeypatch.setattr(reproduce, "compare_with_git", no_git)
     assert "not compared with the committed tables: git archive" in batch.reproduction_summary()
+
+
+def test_a_table_of_keys_only_compares_its_rows():
+    pairs = pd.DataFrame({"split": [0, 0, 1], "image_a": ["1.png", "1.png", "1.png"], "image_b": ["3.png", "4.png", "5.png"]})
+    same = compare_table(pairs, pairs.iloc[::-1])
+    assert same[["column", "n", "max_diff"]].values.tolist() == [["(rows)", 3, 0.0]]
+    other = pairs.copy()
+    other.loc[2, "image_b"] = "6.png"
+    assert not report(compare_table(pairs, other), 1e-3)[1]
