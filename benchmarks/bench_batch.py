@@ -4,9 +4,9 @@
   --cold: a fresh, empty cache in a temporary folder (features, BRISQUE and result rows recomputed)
 
 Peak memory is the largest resident set of any notebook kernel (they are child processes) and of
-this process. The full profile takes about 2 minutes warm and 40 minutes cold on 2 cores with native bfloat16
-(several times longer cold on an AVX2-only CPU: README, "The machine matters"), and writes figures/
-as `make figures` does.
+this process. The full profile takes about 2 minutes warm and 40 minutes cold on 2 cores with native
+bfloat16 (about 3 hours cold on an AVX2-only CPU: README, "The machine matters"), and writes figures/ as
+`make figures` does.
 
 Usage: python benchmarks/bench_batch.py [--profile full|smoke] [--cold] [--only 01 02]
 """

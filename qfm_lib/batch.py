@@ -316,17 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def reproduction_summary(tolerance: float = 1e-3) -> str:
+def reproduction_summary() -> str:
     """How the tables a full run wrote compare with those committed at git HEAD (`qfm compare`):
     information, not a failure, since another machine may differ in the last digits."""
-    from .reproduce import compare_with_git
+    from .reproduce import DEFAULT_TOLERANCE, compare_with_git
 
     try:
-        _, text, agree = compare_with_git(rev="HEAD", tolerance=tolerance)
+        _, text, agree = compare_with_git()
     except (FileNotFoundError, ValueError) as err:
         return f"[batch] not compared with the committed tables: {err}"
     verdict = "reproduced" if agree else "NOT all reproduced"
-    return (f"[batch] tables against those committed at git HEAD ({verdict} within {tolerance:g}; "
+    return (f"[batch] tables against those committed at git HEAD ({verdict} within {DEFAULT_TOLERANCE:g}; "
             f"`qfm compare` for details):\n{text}")
 
 

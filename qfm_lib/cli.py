@@ -7,6 +7,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .reproduce import DEFAULT_TOLERANCE
+
     parser = argparse.ArgumentParser(prog="qfm", description="NR-IQA study tools")
     sub = parser.add_subparsers(dest="command", required=True)
     pred = sub.add_parser("predict", help="score image files or folders with the final model",
@@ -29,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--rev", default="HEAD", help="git revision of the reference tables (default: HEAD)")
     comp.add_argument("--reference", default=None, metavar="DIR", help="a folder of reference tables instead")
     comp.add_argument("--tables", default=None, metavar="DIR", help="the tables to check (default: figures/tables)")
-    comp.add_argument("--tolerance", type=float, default=1e-3, help="largest difference allowed, absolute within [-1, 1] and relative above "
-                           "(default 1e-3)")
+    comp.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                      help="largest difference allowed, absolute within [-1, 1], relative above (default %(default)g)")
     comp.add_argument("-o", "--output", default=None, help="also write every column's difference to this CSV")
     args = parser.parse_args(argv)
     if args.command == "compare":

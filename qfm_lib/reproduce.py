@@ -20,6 +20,7 @@ from .paths import FIGURES_DIR, PROJECT_ROOT
 
 SKIPPED_COLUMNS = ("seconds",)
 TABLES_DIR = FIGURES_DIR / "tables"
+DEFAULT_TOLERANCE = 1e-3
 # max_diff: the largest |committed - new| / max(1, |committed|), absolute for values within [-1, 1]
 # (PLCC, SRCC, p-values), relative above (RMSE on the MOS scale, counts)
 COLUMNS = ["table", "column", "n", "max_diff", "at", "note"]
@@ -39,7 +40,7 @@ def git_tables(rev: str, dest: Path, folder: str = "figures/tables", repo: Path 
     return Path(dest) / folder
 
 
-def compare_with_git(rev: str = "HEAD", tables: Path = TABLES_DIR, tolerance: float = 1e-3,
+def compare_with_git(rev: str = "HEAD", tables: Path = TABLES_DIR, tolerance: float = DEFAULT_TOLERANCE,
                      repo: Path | None = None) -> tuple[pd.DataFrame, str, bool]:
     """compare_tables of the tables committed at `rev` and `tables`, with report()'s text and verdict."""
     with tempfile.TemporaryDirectory(prefix="committed-tables-") as tmp:
