@@ -1,0 +1,60 @@
+"""Means of registry variants: rows made of their members' own models, cached, outside the protocol's digest."""
+
+import numpy as np
+import pytest
+import torch
+
+from qfm_lib import ensembles, protocol
+from qfm_lib.metrics import iqa_metrics
+from tests.test_protocol import _inputs, fast_variants  # noqa: F401 (fixture)
+
+MEAN = "window regression + lmc (mean)"
+
+
+def test_mean_row_averages_the_models_its_members_rows_trained(fast_variants, monkeypatch):
+    inp = _inputs()
+    members = ensembles.members(MEAN)
+    assert members == ("window regression (EMA)", "lmc")
+    row = ensembles.evaluate_mean_row(inp, MEAN, 0)
+    test, y = inp.parts(0)["test"], inp.y
+    torch.set_num_threads(1)
+    preds = [protocol.trained_model(inp, members[0], 0).predict(inp.tokens, test), protocol._fit(inp, members[1], 0)[0](test)]
+    expected = iqa_metrics((preds[0] + preds[1]) / 2, y[test])
+    assert row["plcc"] == pytest.approx(expected["plcc"]) and row["srcc"] == pytest.approx(expected["srcc"])
+    own = [protocol.evaluate_row(inp, m, 0) for m in members]
+    assert row["settings"] == {m: r["settings"] for m, r in zip(members, own)}
+    assert row["fit_seconds"] == pytest.approx(sum(r["fit_seconds"] for r in own), abs=0.02)
+    monkeypatch.setattr(ensembles, "_member_scorer", lambda *a: pytest.fail("a cached mean row was recomputed"))
+    assert ensembles.evaluate_mean_row(inp, MEAN, 0) == row
+
+
+def test_evaluate_mixes_means_and_protocol_rows_in_protocol_order(fast_variants):
+    inp = _inputs()
+    names = ["ridge", MEAN]
+    table = ensembles.evaluate(inp, names, n_splits=2, progress=False, n_jobs=1)
+    assert list(zip(table.variant, table.split)) == [("ridge", 0), (MEAN, 0), ("ridge", 1), (MEAN, 1)]
+    assert table[["plcc", "srcc", "krcc", "rmse", "val_score", "fit_seconds"]].notna().all().all()
+    ridge = protocol.evaluate(inp, ["ridge"], n_splits=2, progress=False)
+    np.testing.assert_allclose(table[table.variant == "ridge"].plcc, ridge.plcc)
+
+
+def test_mean_keys_and_bad_names(fast_variants):
+    inp = _inputs()
+    key = ensembles.mean_row_key(inp, MEAN, 0)
+    assert key["members"] == [protocol.row_key(inp, m, 0) for m in ensembles.members(MEAN)]
+    assert key != ensembles.mean_row_key(inp, MEAN, 1)
+    assert "ensembles.py" not in protocol.code_files()  # adding a mean keeps every cached protocol row
+    with pytest.raises(ValueError, match="unknown mean 'nope'"):
+        ensembles.members("nope")
+    with pytest.raises(ValueError, match="unknown variants \\['nope'\\]"):
+        ensembles.evaluate(inp, ["ridge", "nope"], n_splits=1, progress=False)
+
+
+def test_a_member_that_no_longer_reproduces_its_row_is_an_error(fast_variants, monkeypatch):
+    inp = _inputs()
+    protocol.evaluate_row(inp, "lmc", 0)
+    real = ensembles._member_scorer
+    monkeypatch.setattr(ensembles, "_member_scorer",
+                        lambda i, m, s: (lambda rows: real(i, m, s)(rows) + np.arange(len(rows))) if m == "lmc" else real(i, m, s))
+    with pytest.raises(RuntimeError, match="'lmc' on split 0 does not reproduce its cached row"):
+        ensembles.evaluate_mean_row(inp, MEAN, 0)
