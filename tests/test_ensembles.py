@@ -17,8 +17,13 @@ def test_mean_row_averages_the_models_its_members_rows_trained(fast_variants, mo
     assert members == ("window regression (EMA)", "lmc")
     row = ensembles.evaluate_mean_row(inp, MEAN, 0)
     test, y = inp.parts(0)["test"], inp.y
-    torch.set_num_threads(1)
-    preds = [protocol.trained_model(inp, members[0], 0).predict(inp.tokens, test), protocol._fit(inp, members[1], 0)[0](test)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as rows are computed
+    try:
+        preds = [protocol.trained_model(inp, members[0], 0).predict(inp.tokens, test),
+                 protocol._fit(inp, members[1], 0)[0](test)]
+    finally:
+        torch.set_num_threads(threads)
     expected = iqa_metrics((preds[0] + preds[1]) / 2, y[test])
     assert row["plcc"] == pytest.approx(expected["plcc"]) and row["srcc"] == pytest.approx(expected["srcc"])
     own = [protocol.evaluate_row(inp, m, 0) for m in members]
