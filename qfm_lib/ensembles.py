@@ -46,6 +46,10 @@ def mean_row_key(inp: protocol.ProtocolInputs, name: str, split: int) -> dict:
     return {"code": _CODE, "mean": name, "members": [protocol.row_key(inp, m, split) for m in members(name)]}
 
 
+def _mean_row_path(inp: protocol.ProtocolInputs, name: str, split: int) -> Path:
+    return cache_path("results", mean_row_key(inp, name, split), ".json")
+
+
 def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
     """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`."""
     if inp.variant(member).kind in protocol.TOKEN_KINDS:
@@ -57,11 +61,12 @@ def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Cal
 def evaluate_mean_row(inp: protocol.ProtocolInputs, name: str, split: int) -> dict:
     """The mean `name` on one split, as a protocol row (cached). fit_seconds: its members' rows' sum,
     what training the mean costs."""
-    path = cache_path("results", mean_row_key(inp, name, split), ".json")
+    path = _mean_row_path(inp, name, split)
     if path.is_file():
         return json.loads(path.read_text())
     own = {m: protocol.evaluate_row(inp, m, split) for m in members(name)}
-    val, test = inp.parts(split)["val"], inp.parts(split)["test"]
+    parts = inp.parts(split)
+    val, test = parts["val"], parts["test"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the members' rows were computed
     try:
@@ -101,7 +106,7 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
     needed = list(dict.fromkeys(m for v in variants for m in (members(v) if v in MEANS else (v,))))
     protocol.evaluate(inp, needed, n_splits, progress, n_jobs)
     todo = [(v, s) for s in range(n_splits) for v in variants
-            if v in MEANS and not cache_path("results", mean_row_key(inp, v, s), ".json").is_file()]
+            if v in MEANS and not _mean_row_path(inp, v, s).is_file()]
     if todo:
         print(f"means: {len(todo)} rows to compute")
         n_jobs = min(n_jobs or protocol.default_jobs(), len(todo))
