@@ -9,20 +9,29 @@ torch thread, and the refit must reproduce its row's validation score (else an e
 A mean's row is cached, keyed by its members' row keys and this module's code. This module lies
 outside the protocol's code digest (protocol.py does not import it), so adding a mean leaves every
 cached protocol row valid.
+
+A mean's final model for `qfm predict` (`fit_final`) is made of the same models: each member's models
+of the protocol splits, averaged, and the members averaged with equal weights. Nothing is retrained
+on all images (as protocol.fit_final does for single variants): every model in it is one whose
+validation and test scores are in the tables.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import protocol
+from . import predict, protocol
 from .cache import atomic_write, cache_path, digest
+from .decoder import TrainedDecoder
+from .manifold import TrainedCrops, train_crop_model
 from .metrics import iqa_metrics, selection_score
 
 # Not a method of either paper: the best token model and the best pooled-crop model, averaged. Added
@@ -32,6 +41,8 @@ MEANS: dict[str, tuple[str, ...]] = {
     "window regression + lmc (mean)": ("window regression (EMA)", "lmc"),
 }
 ALL_VARIANTS: list[str] = protocol.ALL_VARIANTS + list(MEANS)
+# Member kinds whose models a final mean can hold, with the predict.py kind of their models.
+MEMBER_MODEL_KINDS = {"decoder": "token-decoder", "lmc-windows": "token-decoder", "lmc": "pooled-crops"}
 _CODE = digest(protocol._code_only(Path(__file__).read_text()))
 
 
@@ -50,12 +61,62 @@ def _mean_row_path(inp: protocol.ProtocolInputs, name: str, split: int) -> Path:
     return cache_path("results", mean_row_key(inp, name, split), ".json")
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """As the protocol's rows are computed (a refit reproduces its row only on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _crop_model_path(inp: protocol.ProtocolInputs, member: str, split: int) -> Path:
+    return cache_path("models", {"code": _CODE, "member": protocol.row_key(inp, member, split)}, ".pt")
+
+
+def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> TrainedDecoder | TrainedCrops:
+    """The model that `member`'s row trained on `split` (kinds in MEMBER_MODEL_KINDS): a token model is the
+    protocol's kept model; an lmc model is refitted exactly as its row fits it (on the caller's torch
+    threads: one, to reproduce the row) and cached beside the mean rows."""
+    v = inp.variant(member)
+    if v.kind not in MEMBER_MODEL_KINDS:
+        raise ValueError(f"{member!r} ({v.kind}) has no model a mean can keep; kinds that do: {sorted(MEMBER_MODEL_KINDS)}")
+    if v.kind in protocol.TOKEN_KINDS:
+        return protocol.trained_model(inp, member, split)
+    path = _crop_model_path(inp, member, split)
+    if path.is_file():
+        return predict.SINGLE_KINDS["pooled-crops"].load(torch.load(path, map_location="cpu", weights_only=True))
+    parts = inp.parts(split)
+    tr, va = parts["train"], parts["val"]  # as protocol._fit fits an lmc row
+    model = train_crop_model(inp.crops[tr], inp.crop_order[tr], inp.y[tr], inp.crops[va], inp.y[va],
+                             replace(v.config, seed=inp.seed))
+    atomic_write(path, lambda fh: torch.save(predict.to_plain(model.state()), fh))
+    return model
+
+
 def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
     """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`."""
-    if inp.variant(member).kind in protocol.TOKEN_KINDS:
-        model = protocol.trained_model(inp, member, split)
+    kind = inp.variant(member).kind
+    if kind not in MEMBER_MODEL_KINDS:
+        return protocol._fit(inp, member, split)[0]  # the row's own fit, refitted (deterministic)
+    model = member_model(inp, member, split)
+    if kind in protocol.TOKEN_KINDS:
         return lambda rows: model.predict(inp.tokens, rows)
-    return protocol._fit(inp, member, split)[0]  # the row's own fit, refitted (deterministic)
+    return lambda rows: model.predict(inp.crops[rows])
+
+
+def _verified_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
+    """_member_scorer, checked to reproduce its row's validation score (else a RuntimeError)."""
+    row = protocol.evaluate_row(inp, member, split)
+    score = _member_scorer(inp, member, split)
+    val = inp.parts(split)["val"]
+    got = selection_score(score(val), inp.y[val])
+    if not np.isclose(got, row["val_score"], rtol=0, atol=1e-6):
+        raise RuntimeError(f"{member!r} on split {split} does not reproduce its cached row (validation score "
+                           f"{got:.6f} vs {row['val_score']:.6f}): clear the cache's results and models, then rerun")
+    return score
 
 
 def evaluate_mean_row(inp: protocol.ProtocolInputs, name: str, split: int) -> dict:
@@ -67,20 +128,10 @@ def evaluate_mean_row(inp: protocol.ProtocolInputs, name: str, split: int) -> di
     own = {m: protocol.evaluate_row(inp, m, split) for m in members(name)}
     parts = inp.parts(split)
     val, test = parts["val"], parts["test"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the members' rows were computed
-    try:
-        scorers = {m: _member_scorer(inp, m, split) for m in own}
-        val_preds = {m: score(val) for m, score in scorers.items()}
-        for m, pred in val_preds.items():
-            if not np.isclose(selection_score(pred, inp.y[val]), own[m]["val_score"], rtol=0, atol=1e-6):
-                raise RuntimeError(f"{m!r} on split {split} does not reproduce its cached row (validation score "
-                                   f"{selection_score(pred, inp.y[val]):.6f} vs {own[m]['val_score']:.6f}): "
-                                   f"clear the cache's results and models, then rerun")
-        val_pred = np.mean(list(val_preds.values()), axis=0)
-        test_metrics = iqa_metrics(np.mean([score(test) for score in scorers.values()], axis=0), inp.y[test])
-    finally:
-        torch.set_num_threads(threads)
+    with _one_torch_thread():
+        scorers = [_verified_scorer(inp, m, split) for m in own]
+        val_pred = np.mean([score(val) for score in scorers], axis=0)
+        test_metrics = iqa_metrics(np.mean([score(test) for score in scorers], axis=0), inp.y[test])
     val_metrics = iqa_metrics(val_pred, inp.y[val])
     row = {"variant": name, "split": split, **{k: test_metrics[k] for k in ("plcc", "srcc", "krcc", "rmse")},
            "val_score": selection_score(val_pred, inp.y[val]), "val_plcc": val_metrics["plcc"],
@@ -115,3 +166,32 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
         for _ in tqdm(done, total=len(todo), desc="mean rows", disable=not progress):
             pass
     return pd.DataFrame([_row(inp, name, split) for split in range(n_splits) for name in variants])
+
+
+def final_candidates(variants: list[str], inp: protocol.ProtocolInputs) -> list[str]:
+    """The variants of `variants` that can be a final model for `qfm predict`: registry variants of
+    protocol.FINAL_KINDS, and means whose members all keep a model (MEMBER_MODEL_KINDS)."""
+    return [v for v in variants
+            if (v in MEANS and all(inp.variant(m).kind in MEMBER_MODEL_KINDS for m in members(v)))
+            or (v not in MEANS and inp.variant(v).kind in protocol.FINAL_KINDS)]
+
+
+def fit_final(inp: protocol.ProtocolInputs, name: str, results: pd.DataFrame):
+    """The final model of `name` for `qfm predict`: (model, predict.py model kind, info). A registry
+    variant: protocol.fit_final (retrained on every image). A mean: a predict.MeanOfModels of its
+    members' models of the splits in `results` (the models its rows averaged), nothing retrained."""
+    if name not in MEANS:
+        return protocol.fit_final(inp, name, results)
+    if name not in final_candidates([name], inp):
+        raise ValueError(f"{name!r} cannot be a final model: each member needs one of {sorted(MEMBER_MODEL_KINDS)}")
+    splits = sorted(int(s) for s in results.loc[results.variant == name, "split"])
+    if not splits:
+        raise ValueError(f"results hold no rows of {name!r}: evaluate it first")
+    with _one_torch_thread():
+        for m, s in [(m, s) for m in members(name) for s in splits]:
+            _verified_scorer(inp, m, s)
+        groups = [(m, MEMBER_MODEL_KINDS[inp.variant(m).kind], [member_model(inp, m, s) for s in splits])
+                  for m in members(name)]
+    info = {"variant": name, "members": list(members(name)), "splits": splits,
+            "final": "each member's models of these protocol splits, averaged; the members averaged"}
+    return predict.MeanOfModels(groups), "mean", info

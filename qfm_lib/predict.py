@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import load_backbone
 from .cache import atomic_write
-from .features import FEATURE_VERSION, FeatureSpec, forward_engine, run_views, to_tensor
+from .features import FEATURE_VERSION, FeatureSpec, crop_boxes_for, forward_engine, run_views, to_tensor
 from .images import ImageError, load_rgb
 from .decoder import TokenSet, TrainedDecoder
+from .manifold import CropModel, ManifoldConfig, TrainedCrops
 from .models import Trained
 from .paths import PROJECT_ROOT
 
@@ -55,28 +56,28 @@ class ModelFileError(ValueError):
 
 @dataclass(frozen=True)
 class ModelKind:
-    """One kind of saved model: `load(payload)` rebuilds it (an object with .predict(features) ->
-    scores) and `features_for(engine, batch)` turns a (1, 3, H, W) image batch into its input, with
-    `engine` from features.forward_engine."""
+    """One kind of saved model: `load(model)` rebuilds it from the payload's "model" entry (an object
+    with .predict(features) -> scores) and `features_for(engine, batch, name, payload)` turns a
+    (1, 3, H, W) image batch into its input, with `engine` from features.forward_engine, the image's
+    file name (crop boxes are seeded by it) and the model file's payload."""
 
     load: Callable[[dict], Any]
-    features_for: Callable[[Any, torch.Tensor], Any]
+    features_for: Callable[[Any, torch.Tensor, str, dict], Any]
 
 
-def _pooled_features(engine, batch: torch.Tensor) -> np.ndarray:
+def _pooled_features(engine, batch: torch.Tensor, name: str, payload: dict) -> np.ndarray:
     return run_views(engine, batch, tokens=False)[0]
 
 
-def _load_pooled_mlp(payload: dict) -> Trained:
-    state = payload["model"]
+def _load_pooled_mlp(state: dict) -> Trained:
     return Trained.from_state({**state, "mean": state["mean"].numpy(), "std": state["std"].numpy()})
 
 
-class TokenWindowError(ImageError):
-    """An image too small for the token model's window."""
+class ImageTooSmallError(ImageError):
+    """An image smaller than what the model reads (a token window, a crop)."""
 
 
-def _token_features(engine, batch: torch.Tensor) -> TokenSet:
+def _token_features(engine, batch: torch.Tensor, name: str, payload: dict) -> TokenSet:
     _, maps = run_views(engine, batch, tokens=True)
     return TokenSet(maps[0].reshape(-1, maps[0].shape[2]), np.array([maps[0].shape[:2]]))
 
@@ -90,21 +91,91 @@ class _TokenPredictor:
     def predict(self, tokens: TokenSet) -> np.ndarray:
         window = self.trained.config.window
         if window and min(tokens.grid[0]) < window:
-            raise TokenWindowError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"
+            raise ImageTooSmallError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"
                                    f"{tokens.grid[0][1]} cells, the model reads {window}x{window}-cell windows "
                                    f"(at least {32 * window} px on the shorter side)")
         return self.trained.predict(tokens, np.arange(len(tokens)))
 
+    def state(self) -> dict:
+        return self.trained.state()
 
-def _load_token_decoder(payload: dict) -> _TokenPredictor:
-    return _TokenPredictor(TrainedDecoder.from_state(payload["model"]))
+
+def _load_token_decoder(state: dict) -> _TokenPredictor:
+    return _TokenPredictor(TrainedDecoder.from_state(state))
 
 
-MODEL_KINDS: dict[str, ModelKind] = {
+def _crop_features(engine, batch: torch.Tensor, name: str, payload: dict) -> np.ndarray:
+    """(1, K, D) pooled features of the image's K seeded crops: the boxes the study's crop features
+    used for a file of this name and size (features.crop_boxes_for, the payload's feature spec)."""
+    spec = FeatureSpec(**payload["feature_spec"])
+    if not spec.n_crops:
+        raise ModelFileError(f"this {payload['model_kind']!r} model's feature spec has no crops (n_crops 0)")
+    height, width = batch.shape[2:]
+    if min(height, width) < spec.crop_size:
+        raise ImageTooSmallError(f"image too small for this model: it is {width}x{height} px, the model reads "
+                                 f"{spec.crop_size}x{spec.crop_size}-px crops")
+    boxes = crop_boxes_for(name, height, width, spec)
+    views = torch.stack([batch[0, :, t:t + h, l:l + w] for t, l, h, w in boxes])
+    return run_views(engine, views, tokens=False)[0][None]
+
+
+def _load_crop_model(state: dict) -> TrainedCrops:
+    cfg = ManifoldConfig(**state["config"])
+    mean = np.asarray(state["mean"])  # the dtype it was trained with, so predictions are reproduced exactly
+    model = CropModel(len(mean), cfg)
+    model.load_state_dict(state["state_dict"])
+    return TrainedCrops(model.eval(), mean, np.asarray(state["std"]), state["y_mean"],
+                        state["y_std"], cfg, state["best_epoch"])
+
+
+class MeanOfModels:
+    """An equal-weight mean of members (e.g. ensembles.MEANS), each member the mean of its models'
+    predictions: [(variant, model_kind, [trained models])], models of MODEL_KINDS' single kinds.
+    Its features are a dict model_kind -> that kind's features."""
+
+    def __init__(self, members: list[tuple[str, str, list]]):
+        for variant, kind, models in members:
+            if kind not in SINGLE_KINDS or not models:
+                raise ValueError(f"member {variant!r}: needs models of one of {sorted(SINGLE_KINDS)}, got "
+                                 f"{len(models)} of kind {kind!r}")
+        self.members = [(variant, kind, [_as_predictor(m) for m in models]) for variant, kind, models in members]
+
+    def predict(self, features: dict[str, Any]) -> np.ndarray:
+        return np.mean([np.mean([m.predict(features[kind]) for m in models], axis=0)
+                        for _, kind, models in self.members], axis=0)
+
+    def state(self) -> dict:
+        return {"members": [{"variant": variant, "model_kind": kind, "models": [m.state() for m in models]}
+                            for variant, kind, models in self.members]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "MeanOfModels":
+        return cls([(m["variant"], m["model_kind"], [SINGLE_KINDS[m["model_kind"]].load(s) for s in m["models"]])
+                    for m in state["members"]])
+
+
+def _as_predictor(model):
+    """A single-kind model as SINGLE_KINDS load it (a TrainedDecoder gets its one-image wrapper)."""
+    return _TokenPredictor(model) if isinstance(model, TrainedDecoder) else model
+
+
+def _mean_features(engine, batch: torch.Tensor, name: str, payload: dict) -> dict[str, Any]:
+    kinds = dict.fromkeys(m["model_kind"] for m in payload["model"]["members"])
+    return {kind: SINGLE_KINDS[kind].features_for(engine, batch, name, payload) for kind in kinds}
+
+
+SINGLE_KINDS: dict[str, ModelKind] = {
     # models.Trained: an MLP (optionally gated) on the per-stage channel mean/std of the whole image
     "pooled-mlp": ModelKind(load=_load_pooled_mlp, features_for=_pooled_features),
     # decoder.TrainedDecoder: the token decoder (QFM-IQM family or local-manifold windows)
     "token-decoder": ModelKind(load=_load_token_decoder, features_for=_token_features),
+    # manifold.TrainedCrops: the pooled-crop local-manifold model, averaged over the image's seeded crops
+    "pooled-crops": ModelKind(load=_load_crop_model, features_for=_crop_features),
+}
+MODEL_KINDS: dict[str, ModelKind] = {
+    **SINGLE_KINDS,
+    # MeanOfModels: a mean of single-kind models (ensembles.fit_final)
+    "mean": ModelKind(load=MeanOfModels.from_state, features_for=_mean_features),
 }
 
 
@@ -115,12 +186,12 @@ def training_data_hash(table: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _plain(value):
+def to_plain(value):
     """The payload as tensors and plain Python values (what torch.load(weights_only=True) accepts)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(to_plain(v) for v in value)
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     if isinstance(value, np.generic):
@@ -148,7 +219,7 @@ def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, sp
     trained on, readable with torch.load(weights_only=True); file mode 0644."""
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"unknown model_kind {model_kind!r}; known: {sorted(MODEL_KINDS)}")
-    payload = _plain({"format_version": FORMAT_VERSION, "model_kind": model_kind, "model": trained.state(),
+    payload = to_plain({"format_version": FORMAT_VERSION, "model_kind": model_kind, "model": trained.state(),
                       "backbone": backbone, "weights_sha256": weights_sha256, "feature_spec": asdict(spec),
                       "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
                       "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
@@ -213,7 +284,7 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
         raise ModelFileError(f"{path} is a qfm model of kind {kind!r}, which this qfm_lib cannot score "
                              f"(known kinds: {sorted(MODEL_KINDS)}); {REBUILD}")
     try:
-        payload["predictor"] = MODEL_KINDS[kind].load(payload)
+        payload["predictor"] = MODEL_KINDS[kind].load(payload["model"])
     except Exception as err:
         raise ModelFileError(f"{path} is a damaged {kind!r} qfm model: {_reason(err)}; {REBUILD}") from err
     return payload
@@ -282,7 +353,8 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
                 notes.append(f"resized from {native[0]}x{native[1]} to {img.width}x{img.height} (max side {max_side})")
             batch = to_tensor(img, backbone, resize)[None]
             notes.append(_size_note(batch.shape[3], batch.shape[2], training_side))
-            score = float(payload["predictor"].predict(kind.features_for(engine, batch))[0])
+            features = kind.features_for(engine, batch, Path(path).name, payload)
+            score = float(payload["predictor"].predict(features)[0])
             rows.append({"image": str(path), "score": score, "error": "", "note": "; ".join(n for n in notes if n)})
         except ImageError as err:
             rows.append({"image": str(path), "score": np.nan, "error": str(err), "note": ""})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_lib import ensembles, protocol
+from qfm_lib import ensembles, predict, protocol
 from qfm_lib.metrics import iqa_metrics
 from tests.test_protocol import _inputs, fast_variants  # noqa: F401 (fixture)
 
@@ -63,3 +63,29 @@ def test_a_member_that_no_longer_reproduces_its_row_is_an_error(fast_variants, m
                         lambda i, m, s: (lambda rows: real(i, m, s)(rows) + np.arange(len(rows))) if m == "lmc" else real(i, m, s))
     with pytest.raises(RuntimeError, match="'lmc' on split 0 does not reproduce its cached row"):
         ensembles.evaluate_mean_row(inp, MEAN, 0)
+
+
+def test_final_mean_holds_the_models_its_rows_averaged(fast_variants, monkeypatch):
+    inp = _inputs()
+    table = ensembles.evaluate(inp, ["ridge", "decoder", MEAN], n_splits=2, progress=False, n_jobs=1)
+    assert ensembles.final_candidates(["ridge", "decoder", MEAN], inp) == ["decoder", MEAN]
+    final, kind, info = ensembles.fit_final(inp, MEAN, table)
+    assert kind == "mean" and info["splits"] == [0, 1] and info["members"] == list(ensembles.members(MEAN))
+    (wr, wr_kind, wr_models), (lmc, lmc_kind, lmc_models) = final.members
+    assert (wr_kind, lmc_kind) == ("token-decoder", "pooled-crops") and len(wr_models) == len(lmc_models) == 2
+    rows = inp.parts(1)["test"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = protocol._fit(inp, lmc, 1)[0](rows)  # the lmc row's own fit
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(lmc_models[1].predict(inp.crops[rows]), expected)
+    kept = protocol.trained_model(inp, wr, 1)
+    np.testing.assert_array_equal(wr_models[1].trained.predict(inp.tokens, rows), kept.predict(inp.tokens, rows))
+    again = predict.MeanOfModels.from_state(predict.to_plain(final.state()))
+    np.testing.assert_array_equal(again.members[1][2][1].predict(inp.crops[rows]), expected)
+    monkeypatch.setattr(ensembles, "train_crop_model", lambda *a: pytest.fail("a cached member model was refitted"))
+    ensembles.fit_final(inp, MEAN, table)
+    with pytest.raises(ValueError, match="results hold no rows"):
+        ensembles.fit_final(inp, MEAN, table[table.variant == "ridge"])

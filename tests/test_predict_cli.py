@@ -64,7 +64,7 @@ def test_old_format_and_unknown_kind_say_how_to_rebuild(tmp_path):
         predict.load_model(old)
     unknown = tmp_path / "unknown.pt"
     torch.save({"format_version": predict.FORMAT_VERSION, "model_kind": "vision-llm", "model": {}}, unknown)
-    with pytest.raises(predict.ModelFileError, match=r"kind 'vision-llm'.*known kinds: \['pooled-mlp', 'token-decoder'\].*make figures"):
+    with pytest.raises(predict.ModelFileError, match=r"kind 'vision-llm'.*known kinds: \['mean', 'pooled-crops', 'pooled-mlp', 'token-decoder'\].*make figures"):
         predict.load_model(unknown)
     future = tmp_path / "future.pt"
     torch.save({"format_version": 99, "model_kind": "pooled-mlp"}, future)
@@ -136,3 +136,36 @@ def test_token_decoder_model_roundtrip_and_small_image(tmp_path, lite0, livec):
     expected = trained.predict(tokens, np.array([0]))[0]
     assert scores["score"][0] == pytest.approx(expected, rel=1e-4)
     assert "too small for this model" in scores["error"][1] and np.isnan(scores["score"][1])
+
+
+def test_mean_model_of_a_token_decoder_and_a_crop_model_scores_a_real_photo(tmp_path, lite0, livec):
+    """A "mean" final model (ensembles.fit_final) saves, loads with weights_only and scores a real photo
+    as the mean of its members, from crop features equal to the study's (same seeded boxes for the same
+    file name); an image smaller than a crop gets an error row naming the file."""
+    from dataclasses import replace
+
+    from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+    from qfm_lib.features import extract_features
+    from qfm_lib.manifold import ManifoldConfig, train_crop_model
+
+    table = livec.head(12).reset_index(drop=True)
+    spec = FeatureSpec(n_crops=2)
+    feats = extract_features(table, spec, lite0, progress=False)
+    tokens = TokenSet(feats.tokens, feats.token_grid, feats.names)
+    y = table["mos"].to_numpy(float)
+    cfg = replace(DecoderConfig(), dim=16, heads=2, gate_hidden=8, max_epochs=2, patience=2)
+    decoders = [fit_decoder(tokens, y, np.arange(8), np.arange(8, 12), replace(cfg, seed=s)) for s in (0, 1)]
+    order = np.tile(np.arange(2), (8, 1))
+    crops = train_crop_model(feats.crops[:8], order, y[:8], feats.crops[8:], y[8:], ManifoldConfig(max_epochs=2, hidden=16))
+    mean = predict.MeanOfModels([("tok", "token-decoder", decoders), ("crop", "pooled-crops", [crops])])
+    path = predict.save_model(mean, tmp_path / "mean.pt", "tf_efficientnet_lite0", lite0.weights_sha256, spec,
+                              table, model_kind="mean")
+    payload = predict.load_model(path)
+    tiny = write_image(tmp_path / "tiny.png", size=(200, 150))
+    scores = predict.predict_images([table["path"][0], tiny], payload, progress=False)
+    token_part = np.mean([d.predict(tokens, np.array([0]))[0] for d in decoders])
+    expected = (token_part + crops.predict(feats.crops[:1])[0]) / 2
+    assert scores["score"][0] == pytest.approx(expected, rel=1e-4)
+    assert "too small for this model: it is 200x150 px, the model reads 224x224-px crops" in scores["error"][1]
+    with pytest.raises(ValueError, match="member 'crop': needs models of one of"):
+        predict.MeanOfModels([("crop", "pooled-crops", [])])
