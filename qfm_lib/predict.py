@@ -92,8 +92,8 @@ class _TokenPredictor:
         window = self.trained.config.window
         if window and min(tokens.grid[0]) < window:
             raise ImageTooSmallError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"
-                                   f"{tokens.grid[0][1]} cells, the model reads {window}x{window}-cell windows "
-                                   f"(at least {32 * window} px on the shorter side)")
+                                     f"{tokens.grid[0][1]} cells, the model reads {window}x{window}-cell windows "
+                                     f"(at least {32 * window} px on the shorter side)")
         return self.trained.predict(tokens, np.arange(len(tokens)))
 
     def state(self) -> dict:
