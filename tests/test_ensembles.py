@@ -49,6 +49,8 @@ def test_mean_keys_and_bad_names(fast_variants):
     assert key["members"] == [protocol.row_key(inp, m, 0) for m in ensembles.members(MEAN)]
     assert key != ensembles.mean_row_key(inp, MEAN, 1)
     assert "ensembles.py" not in protocol.code_files()  # adding a mean keeps every cached protocol row
+    assert all(m in protocol.VARIANTS for mean in ensembles.MEANS for m in ensembles.members(mean))
+    assert ensembles.final_candidates(list(ensembles.MEANS), inp) == list(ensembles.MEANS)
     with pytest.raises(ValueError, match="unknown mean 'nope'"):
         ensembles.members("nope")
     with pytest.raises(ValueError, match="unknown variants \\['nope'\\]"):
