@@ -102,3 +102,26 @@ def split_boxplots(results: pd.DataFrame, title: str, figsize: tuple[float, floa
         ax.set_ylabel("")
     fig.tight_layout()
     return fig
+
+
+def validation_vs_test(scores: pd.DataFrame, title: str, highlight: str | None = None,
+                       figsize: tuple[float, float] = (8, 6.5)):
+    """A slope chart of ranks: each variant (index) from its rank by median validation score (left) to its
+    rank by median test score (right), with both scores in its labels; `highlight` drawn in colour."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for name, row in scores.iterrows():
+        colour, width = ("tab:red", 2.0) if name == highlight else ("0.45", 0.9)
+        ax.plot([0, 1], [row["val_rank"], row["test_rank"]], color=colour, lw=width, marker="o", ms=3)
+        ax.annotate(f"{name}  {row['val_score']:.3f}", (0, row["val_rank"]), xytext=(-6, 0),
+                    textcoords="offset points", ha="right", va="center", fontsize=7, color=colour)
+        ax.annotate(f"{row['test_score']:.3f}  {name}", (1, row["test_rank"]), xytext=(6, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=7, color=colour)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(len(scores) + 0.5, 0.5)
+    ax.set_xticks([0, 1], ["rank by median validation score", "rank by median test score"])
+    ax.set_yticks([])
+    ax.grid(False)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title)
+    return fig

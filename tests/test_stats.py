@@ -136,3 +136,21 @@ def test_split_boxplots_draw_the_same_figure_every_run_and_leave_numpy_s_generat
     assert png() == first
     np.random.seed(123)
     assert np.random.random() == after  # the global generator continues as if no figure was drawn
+
+
+def test_validation_vs_test_draws_one_line_per_variant_from_its_validation_to_its_test_rank():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qfm_lib.plots import validation_vs_test
+
+    scores = pd.DataFrame({"val_score": [0.85, 0.84, 0.80], "test_score": [0.83, 0.86, 0.81],
+                           "val_rank": [1, 2, 3], "test_rank": [2, 1, 3]}, index=["a", "b", "c"])
+    fig = validation_vs_test(scores, "t", highlight="a")
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [[1, 2], [2, 1], [3, 3]]
+    assert lines[0].get_color() == "tab:red" and lines[1].get_color() == "0.45"
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert "a  0.850" in labels and "0.860  b" in labels
+    plt.close(fig)
