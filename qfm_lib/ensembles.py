@@ -100,26 +100,35 @@ def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> Train
     return model
 
 
-def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`."""
-    kind = inp.variant(member).kind
-    if kind not in MEMBER_MODEL_KINDS:
-        return protocol._fit(inp, member, split)[0]  # the row's own fit, refitted (deterministic)
-    model = member_model(inp, member, split)
-    if kind in protocol.TOKEN_KINDS:
+def _model_scorer(inp: protocol.ProtocolInputs, model: TrainedDecoder | TrainedCrops) -> Callable[[np.ndarray], np.ndarray]:
+    """A member model's predictions (rows -> MOS scale) from the features it reads."""
+    if isinstance(model, TrainedDecoder):
         return lambda rows: model.predict(inp.tokens, rows)
     return lambda rows: model.predict(inp.crops[rows])
 
 
-def _verified_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
-    """_member_scorer, checked to reproduce its row's validation score (else a RuntimeError)."""
+def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`."""
+    if inp.variant(member).kind not in MEMBER_MODEL_KINDS:
+        return protocol._fit(inp, member, split)[0]  # the row's own fit, refitted (deterministic)
+    return _model_scorer(inp, member_model(inp, member, split))
+
+
+def _check_reproduces(inp: protocol.ProtocolInputs, member: str, split: int,
+                      score: Callable[[np.ndarray], np.ndarray]) -> None:
+    """A member's predictions must reproduce its row's validation score (else a RuntimeError)."""
     row = protocol.evaluate_row(inp, member, split)
-    score = _member_scorer(inp, member, split)
     val = inp.parts(split)["val"]
     got = selection_score(score(val), inp.y[val])
     if not np.isclose(got, row["val_score"], rtol=0, atol=1e-6):
         raise RuntimeError(f"{member!r} on split {split} does not reproduce its cached row (validation score "
                            f"{got:.6f} vs {row['val_score']:.6f}): clear the cache's results and models, then rerun")
+
+
+def _verified_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
+    """_member_scorer, checked to reproduce its row's validation score."""
+    score = _member_scorer(inp, member, split)
+    _check_reproduces(inp, member, split, score)
     return score
 
 
@@ -191,11 +200,13 @@ def fit_final(inp: protocol.ProtocolInputs, name: str, results: pd.DataFrame):
     splits = sorted(int(s) for s in results.loc[results.variant == name, "split"])
     if not splits:
         raise ValueError(f"results hold no rows of {name!r}: evaluate it first")
+    groups = []
     with _one_torch_thread():
-        for m, s in [(m, s) for m in members(name) for s in splits]:
-            _verified_scorer(inp, m, s)
-        groups = [(m, MEMBER_MODEL_KINDS[inp.variant(m).kind], [member_model(inp, m, s) for s in splits])
-                  for m in members(name)]
+        for m in members(name):
+            models = [member_model(inp, m, s) for s in splits]
+            for s, model in zip(splits, models):
+                _check_reproduces(inp, m, s, _model_scorer(inp, model))
+            groups.append((m, MEMBER_MODEL_KINDS[inp.variant(m).kind], models))
     info = {"variant": name, "members": list(members(name)), "splits": splits,
             "final": "each member's models of these protocol splits, averaged; the members averaged"}
     return predict.MeanOfModels(groups), "mean", info
