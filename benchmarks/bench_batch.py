@@ -4,11 +4,11 @@
   --cold: a fresh, empty cache in a temporary folder (features, BRISQUE and result rows recomputed)
 
 Peak memory is the largest resident set of any notebook kernel (they are child processes) and of
-this process. The full profile takes about 2 minutes warm and 40 minutes cold on 2 cores with native
-bfloat16 (about 3 hours cold on an AVX2-only CPU: README, "The machine matters"), and writes figures/ as
-`make figures` does.
+this process. The full profile takes about 3 minutes warm on 2 cores (2 notebooks at once; 5.4 min one
+at a time on an AVX2-only CPU), 40 minutes cold with native bfloat16 and about 3 hours cold on an
+AVX2-only CPU (README, "The machine matters"), and writes figures/ as `make figures` does.
 
-Usage: python benchmarks/bench_batch.py [--profile full|smoke] [--cold] [--only 01 02]
+Usage: python benchmarks/bench_batch.py [--profile full|smoke] [--cold] [--only 01 02] [--jobs N]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--profile", default="full", choices=batch.PROFILES)
     parser.add_argument("--cold", action="store_true", help="run on a fresh, empty cache")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    parser.add_argument("--jobs", type=int, default=None, help="notebooks at once (default: the batch's, 2)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="qfm-cold-cache-") as tmp:
@@ -38,7 +39,7 @@ def main() -> int:
             os.environ["QFM_CACHE_DIR"] = tmp  # the kernels inherit it
         start = time.time()
         try:
-            times = batch.run_batch(args.profile, args.only)
+            times = batch.run_batch(args.profile, args.only, jobs=args.jobs)
         except batch.BatchError as err:
             print(f"bench_batch: {err}", file=sys.stderr)
             return 1
@@ -46,7 +47,8 @@ def main() -> int:
 
     mode = "cold (fresh cache)" if args.cold else f"warm ({os.environ.get('QFM_CACHE_DIR', '.cache/')})"
     width = max(len(name) for name, _ in times)
-    print(f"\nbench_batch: profile {args.profile}, {mode}, {os.cpu_count()} CPUs")
+    jobs = args.jobs or batch.default_jobs()
+    print(f"\nbench_batch: profile {args.profile}, {mode}, {os.cpu_count()} CPUs, {jobs} notebook(s) at once")
     for name, sec in times:
         print(f"  {name:<{width}}  {sec:7.1f} s")
     print(f"  {'notebooks':<{width}}  {sum(s for _, s in times):7.1f} s")

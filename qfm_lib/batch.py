@@ -1,21 +1,28 @@
-"""Run every notebooks/NN_*.ipynb in order with papermill, in a fresh kernel each.
+"""Run every notebooks/NN_*.ipynb with papermill, each in a fresh kernel, two at a time.
 
     python -m qfm_lib.batch --profile full     # what users run; writes figures/ (committed)
     python -m qfm_lib.batch --profile smoke    # tiny data, minimal work; writes build/smoke/
+    python -m qfm_lib.batch --jobs 1           # one notebook after another, in numeric order
 
-Each notebook declares in its metadata what it writes and its profile overrides:
+Each notebook declares in its metadata what it writes, the earlier notebooks whose cached results
+(result rows, kept models) it reuses, and its profile overrides:
 
-    "qfm": {"outputs": ["fig_a.png", "tables/t.csv"], "profiles": {"smoke": {"n_images": 40}}}
+    "qfm": {"outputs": ["fig_a.png", "tables/t.csv"], "needs": ["03"], "profiles": {"smoke": {"n_images": 40}}}
+
+A notebook starts once the notebooks it needs have finished; among those ready, the one with the
+longest chain of work after it (last run's times) starts first. Two notebooks that load the same
+features wait for one extraction (a lock per cache entry); "needs" keeps two notebooks from
+training the same result rows at once.
 
 The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, so smoke never
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
-It stops at the first failing notebook with a non-zero exit naming it, checks that every declared
-output exists and was written by this run, and prints a per-notebook time summary; a whole full run
-ends with how its tables compare with those committed at git HEAD (`qfm compare`; information only).
+It stops at the first failing notebook (stopping any other still running) with a non-zero exit
+naming it, checks that every declared output exists and was written by this run, and prints a
+per-notebook time summary; a whole full run ends with how its tables compare with those committed at git HEAD (`qfm compare`; information only).
 
 Executed copies land in build/<profile>/executed/, each also as a standalone HTML page (NN_*.html,
-figures embedded) to read the study without running anything. While a notebook runs, a status line
-shows it (i/N), its cells done, the elapsed time and, from the previous run's times
+figures embedded) to read the study without running anything. A status line shows each running
+notebook (i/N), its cells done, the elapsed time and, from the previous run's times
 (build/<profile>/times.json), the time left.
 """
 from __future__ import annotations
@@ -39,6 +46,16 @@ PROFILES = ("full", "smoke")
 # Environment of the notebook kernels (a value already set in the environment wins): progress
 # bars inside notebooks refresh at most every 10 s, so executed copies stay small.
 KERNEL_ENV = {"TQDM_MININTERVAL": "10"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def kernel_env(jobs: int) -> dict[str, str]:
+    """KERNEL_ENV plus, with several notebooks at once, each kernel's share of the cores for its own
+    BLAS and torch threads (cores // jobs): two kernels of two threads each on two cores spend their
+    time waiting for one another (measured: some cells 3-5 times slower). Result rows are unaffected:
+    their workers run one thread each."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {**KERNEL_ENV, **({name: threads for name in THREAD_VARIABLES} if jobs > 1 else {})}
 
 
 class BatchError(RuntimeError):
@@ -89,45 +106,60 @@ def duration(sec: float) -> str:
 
 
 class Progress:
-    """The running notebook's status: `[batch] 3/6 03_gated_training 12/25 cells, 1m32s`, plus
-    `(last run 4m10s, ~2m38s left)` when a previous time is known. On a terminal one line is
-    rewritten every second; otherwise a plain line is printed after a cell at most every `every` s."""
+    """The running notebooks' status: `[batch] 3/8 03_gated_training 12/25 cells, 1m32s (last run
+    4m10s, ~2m38s left) | 5/8 05_local...`. On a terminal one line is rewritten every second;
+    otherwise a plain line is printed after a cell at most every `every` s."""
 
     def __init__(self, stream=None, every: float = 30.0):
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every = every
+        self.printed = 0.0
+        self.running: dict[str, dict] = {}  # label -> start, expected, done, cells
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
 
     def start(self, label: str, expected: float | None) -> None:
-        self.label, self.expected = label, expected
-        self.start_time = self.printed = time.time()
-        self.done, self.cells = 0, 0
-        if self.tty:
+        with self._lock:
+            self.running[label] = {"start": time.time(), "expected": expected, "done": 0, "cells": 0}
+        if self.tty and self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
 
     def line(self) -> str:
-        elapsed = time.time() - self.start_time
-        text = f"[batch] {self.label} {self.done}/{self.cells or '?'} cells, {duration(elapsed)}"
-        if self.expected:
-            left = self.expected - elapsed
-            text += f" (last run {duration(self.expected)}" + (f", ~{duration(left)} left)" if left >= 1 else ")")
-        return text
+        parts = []
+        for label, s in self.running.items():
+            elapsed = time.time() - s["start"]
+            text = f"{label} {s['done']}/{s['cells'] or '?'} cells, {duration(elapsed)}"
+            if s["expected"]:
+                left = s["expected"] - elapsed
+                text += f" (last run {duration(s['expected'])}" + (f", ~{duration(left)} left)" if left >= 1 else ")")
+            parts.append(text)
+        return "[batch] " + " | ".join(parts)
 
-    def cell_done(self, done: int, cells: int) -> None:
+    def cell_done(self, label: str, done: int, cells: int) -> None:
         with self._lock:
-            self.done, self.cells = done, cells
+            self.running[label].update(done=done, cells=cells)
             if self.tty:
                 self._redraw()
             elif time.time() - self.printed >= self.every:
                 self._write(self.line() + "\n")
                 self.printed = time.time()
 
-    def stop(self) -> None:
+    def finish(self, label: str) -> None:
+        with self._lock:
+            self.running.pop(label, None)
+
+    def print(self, text: str) -> None:
+        """A line of its own above the status line."""
+        with self._lock:
+            self._write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            if self.tty and self.running:
+                self._redraw()
+
+    def close(self) -> None:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -138,7 +170,8 @@ class Progress:
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
             with self._lock:
-                self._redraw()
+                if self.running:
+                    self._redraw()
 
     def _redraw(self) -> None:
         self._write("\r\x1b[K" + self.line()[:shutil.get_terminal_size().columns - 1])
@@ -166,6 +199,20 @@ def _progress_engine():
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
     return ProgressEngine
+
+
+def _kernel_manager_class():
+    """nbclient's kernel manager, without the interrupt (SIGINT) that jupyter_client sends just before a
+    shutdown request: a kernel still finishing its last reply (likelier with two notebooks sharing the
+    CPU) would log a spurious "ERROR | KeyboardInterrupt caught in kernel"."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class NoInterruptAtShutdown(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return NoInterruptAtShutdown
 
 
 def kernel_config():
@@ -218,15 +265,96 @@ def load_times(path: Path) -> dict[str, float]:
         return {}
 
 
-def run_batch(profile: str = "full", only: list[str] | None = None, overrides: dict | None = None,
-              folder: Path = NOTEBOOK_DIR, build_dir: Path | None = None) -> list[tuple[str, float]]:
-    """Run the notebooks; returns [(notebook name, seconds)]. build_dir (default build/<profile>)
-    receives executed/ (copies and HTML pages), times.json and, for non-full profiles, figures/."""
+def notebook_needs(todo: list[Path]) -> dict[str, set[str]]:
+    """For each notebook to run, the notebooks among `todo` it must wait for: metadata "needs", a list
+    of name prefixes of earlier notebooks (those whose cached results it reuses; run it alone and it
+    computes them itself)."""
+    names = [p.name for p in todo]
+    folder_names = [p.name for p in notebooks(todo[0].parent)] if todo else []
+    needs = {}
+    for path in todo:
+        wanted = set()
+        for prefix in notebook_meta(path).get("needs", []):
+            found = [n for n in folder_names if n.startswith(str(prefix))]
+            if len(found) != 1 or found[0] >= path.name:
+                raise BatchError(f"{path.name}: metadata qfm.needs names {prefix!r}, which matches "
+                                 f"{found or 'no notebook'}; it must name one earlier notebook")
+            wanted.update(n for n in found if n in names)
+        needs[path.name] = wanted
+    return needs
+
+
+def critical_paths(needs: dict[str, set[str]], seconds: dict[str, float], default: float = 60.0) -> dict[str, float]:
+    """Each notebook's longest chain of seconds to the end of the batch through the notebooks that wait
+    for it (its own time included; last run's times, `default` where unknown): run the longest first."""
+    after = {n: [m for m, need in needs.items() if n in need] for n in needs}
+    length: dict[str, float] = {}
+
+    def chain(name: str) -> float:
+        if name not in length:
+            length[name] = seconds.get(name, default) + max((chain(m) for m in after[name]), default=0.0)
+        return length[name]
+
+    return {n: chain(n) for n in needs}
+
+
+def default_jobs() -> int:
+    """Notebooks run at once: 2 (1 on a one-core machine). Each notebook's result rows already use
+    every core (protocol.default_jobs); a second notebook fills the cores while the first runs
+    single-threaded code (imports, plots, statistics)."""
+    return min(2, os.cpu_count() or 1)
+
+
+def _execute(path: str, executed: str, params: dict, cwd: str, env: dict[str, str], events) -> None:
+    """In a worker process: run one notebook with papermill in a fresh kernel and write its HTML page;
+    report (name, "cell", done, n_cells) after each cell and (name, "done") or (name, "failed", message)."""
     import papermill
     from papermill.engines import papermill_engines
 
+    name = Path(path).name
+    papermill_engines.register("qfm-progress", _progress_engine())
+    exporter = html_exporter()
+    try:
+        with kernel_environment(env):
+            papermill.execute_notebook(path, executed, parameters=params, engine_name="qfm-progress",
+                                       on_cell=lambda done, cells: events.put((name, "cell", done, cells)),
+                                       kernel_name="python3", cwd=cwd, progress_bar=False, log_output=False,
+                                       request_save_on_cell_execute=False, config=kernel_config(),
+                                       kernel_manager_class=_kernel_manager_class())
+    except Exception as err:
+        pages = [executed]
+        try:
+            pages.append(str(write_html(Path(executed), exporter)))
+        except Exception:  # the notebook's failure is the error to report
+            pass
+        events.put((name, "failed", f"notebook {name} failed ({type(err).__name__}); executed copy with "
+                                    f"the traceback: {' and '.join(pages)}\n{err}"))
+        return
+    write_html(Path(executed), exporter)
+    events.put((name, "done"))
+
+
+def _stale_outputs(path: Path, out_dir: Path, start: float) -> list[str]:
+    """Declared outputs that are missing or older than this run of the notebook."""
+    targets = [out_dir / rel for rel in notebook_meta(path).get("outputs", [])]
+    return [str(t) for t in targets if not t.is_file() or t.stat().st_mtime < start - 1]
+
+
+def run_batch(profile: str = "full", only: list[str] | None = None, overrides: dict | None = None,
+              folder: Path = NOTEBOOK_DIR, build_dir: Path | None = None,
+              jobs: int | None = None) -> list[tuple[str, float]]:
+    """Run the notebooks, up to `jobs` at once (default_jobs()), each in its own worker process and
+    fresh kernel, a notebook only after those its metadata "needs"; returns [(notebook name, seconds)]
+    in numeric order. The first failure stops the batch: notebooks still running are stopped and no
+    other starts. build_dir (default build/<profile>) receives executed/ (copies and HTML pages),
+    times.json and, for non-full profiles, figures/."""
+    import multiprocessing
+
     if profile not in PROFILES:
         raise BatchError(f"unknown profile {profile!r}; profiles: {PROFILES}")
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise BatchError(f"jobs must be at least 1, got {jobs}")
     build_dir = Path(build_dir) if build_dir else BUILD_DIR / profile
     out_dir = out_dir_for(profile, build_dir)
     executed_dir = build_dir / "executed"
@@ -239,57 +367,80 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     if unknown:
         raise BatchError(f"unknown parameter(s) {unknown}: no notebook declares them "
                          f"(declared: {sorted(declared)})")
-    papermill_engines.register("qfm-progress", _progress_engine())
+    params = {p.name: parameters_for(p, profile, out_dir, overrides or {}) for p in todo}
+    needs = notebook_needs(todo)
     times_file = build_dir / "times.json"
     previous = load_times(times_file)
     known = [previous[p.name] for p in todo if p.name in previous]
-    estimate = f"; the last run took {duration(sum(known))}" if len(known) == len(todo) else ""
-    print(f"[batch] {len(todo)} notebook(s), profile {profile}{estimate}", flush=True)
-    exporter, progress, config = html_exporter(), Progress(), kernel_config()
-    times = []
-    for index, path in enumerate(todo, 1):
-        params = parameters_for(path, profile, out_dir, overrides or {})
-        executed = executed_dir / path.name
-        label = f"{index}/{len(todo)} {path.stem}"
-        print(f"[batch] {label} ({profile}) ...", flush=True)
-        start = time.time()
-        progress.start(label, previous.get(path.name))
-        try:
-            with kernel_environment(KERNEL_ENV):
-                papermill.execute_notebook(str(path), str(executed), parameters=params,
-                                           engine_name="qfm-progress", on_cell=progress.cell_done,
-                                           kernel_name="python3", cwd=str(folder), progress_bar=False,
-                                           log_output=False, request_save_on_cell_execute=False,
-                                           config=config)
-        except Exception as err:
-            progress.stop()
-            pages = [executed]
-            try:
-                pages.append(write_html(executed, exporter))
-            except Exception:  # the notebook's failure is the error to report
-                pass
-            raise BatchError(f"notebook {path.name} failed ({type(err).__name__}); executed copy with "
-                             f"the traceback: {' and '.join(map(str, pages))}\n{err}") from err
-        finally:
-            progress.stop()
-        write_html(executed, exporter)
-        stale = []
-        for rel in notebook_meta(path).get("outputs", []):
-            target = out_dir / rel
-            if not target.is_file() or target.stat().st_mtime < start - 1:
-                stale.append(str(target))
-        if stale:
-            raise BatchError(f"notebook {path.name} did not write its declared outputs: {stale}")
-        times.append((path.name, time.time() - start))
-        previous[path.name] = times[-1][1]
-        times_file.write_text(json.dumps(previous, indent=1, sort_keys=True) + "\n")
-        print(f"[batch] {label} done in {duration(times[-1][1])}", flush=True)
-    width = max(len(n) for n, _ in times)
+    estimate = f"; last run {duration(sum(known))} of notebook time" if len(known) == len(todo) else ""
+    print(f"[batch] {len(todo)} notebook(s), profile {profile}, up to {jobs} at once{estimate}", flush=True)
+    priority = critical_paths(needs, previous)
+    labels = {p.name: f"{i}/{len(todo)} {p.stem}" for i, p in enumerate(todo, 1)}
+    by_name = {p.name: p for p in todo}
+    pending = sorted(by_name, key=lambda n: (0 if jobs == 1 else -priority[n], n))
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    running: dict[str, tuple] = {}  # name -> (process, start time)
+    times: dict[str, float] = {}
+    progress = Progress()
+    batch_start = time.time()
+    try:
+        while pending or running:
+            for name in [n for n in pending if needs[n] <= times.keys()][:jobs - len(running)]:
+                pending.remove(name)
+                progress.print(f"[batch] {labels[name]} ({profile}) ...")
+                process = context.Process(target=_execute, name=f"batch {name}", args=(
+                    str(by_name[name]), str(executed_dir / name), params[name], str(folder), kernel_env(jobs), events))
+                running[name] = (process, time.time())
+                progress.start(labels[name], previous.get(name))
+                process.start()
+            name, kind, *rest = _next_event(events, running)
+            if kind == "cell":
+                progress.cell_done(labels[name], *rest)
+                continue
+            process, start = running.pop(name)
+            process.join()
+            progress.finish(labels[name])
+            if kind == "failed":
+                raise BatchError(rest[0])
+            stale = _stale_outputs(by_name[name], out_dir, start)
+            if stale:
+                raise BatchError(f"notebook {name} did not write its declared outputs: {stale}")
+            times[name] = previous[name] = time.time() - start
+            times_file.write_text(json.dumps(previous, indent=1, sort_keys=True) + "\n")
+            progress.print(f"[batch] {labels[name]} done in {duration(times[name])}")
+    finally:
+        progress.close()
+        for process, _ in running.values():  # only after a failure or an interrupt
+            process.terminate()  # its kernel exits when it sees its parent gone
+            process.join()
+    ordered = [(p.name, times[p.name]) for p in todo]
+    width = max(len(n) for n, _ in ordered)
     print(f"\n[batch] time per notebook (executed copies and HTML pages in {executed_dir})")
-    for name, sec in times:
+    for name, sec in ordered:
         print(f"  {name:<{width}}  {sec:7.1f} s")
-    print(f"  {'total':<{width}}  {sum(s for _, s in times):7.1f} s")
-    return times
+    print(f"  {'sum':<{width}}  {sum(s for _, s in ordered):7.1f} s")
+    print(f"  {'wall':<{width}}  {time.time() - batch_start:7.1f} s ({jobs} at once)")
+    return ordered
+
+
+def _next_event(events, running: dict[str, tuple]) -> tuple:
+    """The next report of a worker; a worker that died without reporting its end is named."""
+    import queue
+
+    while True:
+        try:
+            return events.get(timeout=1.0)
+        except queue.Empty:
+            pass
+        dead = [n for n, (process, _) in running.items() if not process.is_alive()]
+        if dead:
+            try:  # its last report may still be in the queue
+                return events.get(timeout=2.0)
+            except queue.Empty:
+                code = running[dead[0]][0].exitcode
+                raise BatchError(f"notebook {dead[0]}: its worker process died (exit code {code}) "
+                                 f"without reporting an end") from None
 
 
 def _literal(value: str):
@@ -303,11 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="full", choices=PROFILES)
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="notebooks run at once (default 2; 1: one after another in numeric order)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a parameter in every notebook that declares it")
     args = parser.parse_args(argv)
     try:
-        run_batch(args.profile, args.only, {k: _literal(v) for k, v in args.p})
+        run_batch(args.profile, args.only, {k: _literal(v) for k, v in args.p}, jobs=args.jobs)
     except BatchError as err:
         print(f"[batch] FAILED: {err}", file=sys.stderr)
         return 1

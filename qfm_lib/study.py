@@ -1,11 +1,17 @@
-"""One call that every notebook starts with: the dataset table, its cached features, its splits."""
+"""One call that every notebook starts with: the dataset table, its cached features, its splits; and
+a disk cache for a notebook's slow analysis steps."""
 from __future__ import annotations
 
+import hashlib
+import inspect
+import pickle
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from .cache import atomic_write, cache_path
 from .data import load_dataset
 from .features import Features, FeatureSpec, extract_features
 from .splits import load_splits
@@ -52,3 +58,36 @@ def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, see
     sns.set_theme(style="whitegrid", context="notebook")
     study = load_study_data(dataset, backbone, n_images=n_images, seed=seed, n_crops=n_crops)
     return study, inputs_from_study(study, n_views=n_views, seed=seed, brisque=brisque)
+
+
+T = TypeVar("T")
+
+
+def _hashable(value: Any) -> Any:
+    """A key's value with numpy arrays replaced by their shape, dtype and a hash of their bytes."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return f"array{data.shape} {data.dtype} {hashlib.sha256(data.tobytes()).hexdigest()}"
+    if isinstance(value, dict):
+        return {str(k): _hashable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_hashable(v) for v in value]
+    return value
+
+
+def cached(kind: str, key: dict, compute: Callable[[], T]) -> T:
+    """compute()'s result, computed once per key and kept pickled under <cache>/<kind>/ (written
+    atomically), for a notebook's slow analysis steps. `key` must hold everything the result depends
+    on besides compute's own source, which is added (arrays in it are hashed by content); e.g. a
+    protocol row key (`protocol.row_key`) covers the library code, features, split and seed."""
+    try:
+        source = inspect.getsource(compute)
+    except (OSError, TypeError):  # no source to read: the compiled code stands for it
+        source = compute.__code__.co_code.hex()
+    path = cache_path(kind, {"key": _hashable(key), "source": source}, ".pkl")
+    if path.is_file():
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    result = compute()
+    atomic_write(path, lambda fh: pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL))
+    return result

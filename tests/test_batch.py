@@ -3,6 +3,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import nbformat
 import pytest
@@ -29,13 +30,13 @@ def test_smoke_batch_runs_every_notebook(data_root, monkeypatch, capsys):
     assert "time per notebook" in capsys.readouterr().out
 
 
-def _tiny_notebook(folder, name, code, outputs=()):
+def _tiny_notebook(folder, name, code, outputs=(), needs=()):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("out_dir = '.'\nprofile = 'full'\nvalue = 1")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(code)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["qfm"] = {"outputs": list(outputs)}
+    nb.metadata["qfm"] = {"outputs": list(outputs), "needs": list(needs)}
     nbformat.write(nb, folder / name)
 
 
@@ -45,7 +46,7 @@ def test_batch_stops_at_first_failure_and_names_it(tmp_path):
     _tiny_notebook(tmp_path, "03_never.ipynb", "open('ran', 'w')")
     build = tmp_path / "build"
     with pytest.raises(batch.BatchError, match="(?s)02_broken.ipynb failed.*02_broken.html.*boom in 02"):
-        batch.run_batch("smoke", folder=tmp_path, build_dir=build)
+        batch.run_batch("smoke", folder=tmp_path, build_dir=build, jobs=1)
     assert not (tmp_path / "ran").exists()
     assert "boom in 02" in (build / "executed" / "02_broken.html").read_text()
     assert list(json.loads((build / "times.json").read_text())) == ["01_ok.ipynb"]
@@ -86,17 +87,62 @@ def test_executed_notebook_shows_figures_once_and_has_an_html_page(tmp_path, cap
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64', html)) == 2
     assert json.loads((build / "times.json").read_text()) == {"01_fig.ipynb": pytest.approx(times[0][1])}
     out, err = capfd.readouterr()
-    assert "1 notebook(s), profile smoke; the last run took 1m15s" in out and "1/1 01_fig done in" in out
+    assert f"1 notebook(s), profile smoke, up to {batch.default_jobs()} at once; last run 1m15s of notebook time" in out
+    assert "1/1 01_fig done in" in out
     assert "without encryption" not in err
+
+
+def test_parallel_batch_waits_for_needs_and_stops_the_others_at_a_failure(tmp_path):
+    _tiny_notebook(tmp_path, "01_first.ipynb", "import time; time.sleep(3); open('first_done', 'w')")
+    _tiny_notebook(tmp_path, "02_after.ipynb", "import os; assert os.path.exists('first_done')", needs=["01"])
+    _tiny_notebook(tmp_path, "03_alone.ipynb", "open('alone_done', 'w')")
+    build = tmp_path / "build"
+    times = batch.run_batch("smoke", folder=tmp_path, build_dir=build, jobs=2)
+    assert [n for n, _ in times] == ["01_first.ipynb", "02_after.ipynb", "03_alone.ipynb"]
+    assert (tmp_path / "alone_done").exists()
+
+    (tmp_path / "first_done").unlink()
+    _tiny_notebook(tmp_path, "01_first.ipynb", "import time; time.sleep(60); open('first_done', 'w')")
+    _tiny_notebook(tmp_path, "03_alone.ipynb", "raise RuntimeError('boom in 03')")
+    start = time.time()
+    with pytest.raises(batch.BatchError, match="(?s)03_alone.ipynb failed.*boom in 03"):
+        batch.run_batch("smoke", folder=tmp_path, build_dir=build, jobs=2)
+    assert time.time() - start < 45  # 01 was stopped, not waited for
+    time.sleep(2)
+    assert not (tmp_path / "first_done").exists()
+
+
+def test_needs_must_name_one_earlier_notebook(tmp_path):
+    _tiny_notebook(tmp_path, "01_a.ipynb", "x = 1", needs=["02"])
+    _tiny_notebook(tmp_path, "02_b.ipynb", "x = 1")
+    with pytest.raises(batch.BatchError, match="01_a.ipynb: metadata qfm.needs names '02'.*earlier"):
+        batch.run_batch("smoke", folder=tmp_path, build_dir=tmp_path / "build")
+    needs = {"01_a": set(), "02_b": {"01_a"}, "03_c": {"01_a"}, "04_d": {"02_b", "03_c"}}
+    paths = batch.critical_paths(needs, {"01_a": 1, "02_b": 10, "03_c": 2, "04_d": 5})
+    assert paths == {"01_a": 16, "02_b": 15, "03_c": 7, "04_d": 5}
+
+
+def test_kernels_share_the_cores_when_notebooks_run_at_once(monkeypatch):
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 8)
+    assert batch.kernel_env(2)["OMP_NUM_THREADS"] == "4" and batch.kernel_env(16)["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in batch.kernel_env(1)  # one at a time: torch and BLAS defaults
+    assert batch.default_jobs() == 2
 
 
 def test_progress_lines():
     stream = io.StringIO()
     progress = batch.Progress(stream, every=0)
     progress.start("2/6 02_pairs", expected=100.0)
-    progress.cell_done(3, 10)
-    progress.stop()
-    assert stream.getvalue().startswith("[batch] 2/6 02_pairs 3/10 cells, 0s (last run 1m40s, ~1m40s left)\n")
+    progress.cell_done("2/6 02_pairs", 3, 10)
+    progress.start("3/6 03_gated", expected=None)
+    progress.cell_done("3/6 03_gated", 1, 4)
+    progress.finish("2/6 02_pairs")
+    progress.print("[batch] 2/6 02_pairs done in 5s")
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "[batch] 2/6 02_pairs 3/10 cells, 0s (last run 1m40s, ~1m40s left)",
+        "[batch] 2/6 02_pairs 3/10 cells, 0s (last run 1m40s, ~1m40s left) | 3/6 03_gated 1/4 cells, 0s",
+        "[batch] 2/6 02_pairs done in 5s"]
     assert [batch.duration(s) for s in (5, 92, 3900)] == ["5s", "1m32s", "1h05m"]
 
 
@@ -117,6 +163,9 @@ def test_bad_parameter_value_fails_first_cell(data_root, monkeypatch):
 
 
 def test_committed_notebooks_have_no_outputs_and_declare_outputs():
+    needs = batch.notebook_needs(batch.notebooks())  # each names earlier notebooks
+    assert needs["06_results_tables.ipynb"] == {"03_gated_training.ipynb", "04_distillation.ipynb",
+                                                "05_local_manifold_contrastive.ipynb"}
     for path in batch.notebooks():
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
