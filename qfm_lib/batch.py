@@ -18,7 +18,8 @@ The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, 
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
 It stops at the first failing notebook (stopping any other still running) with a non-zero exit
 naming it, checks that every declared output exists and was written by this run, and prints a
-per-notebook time summary; a whole full run ends with how its tables compare with those committed at git HEAD (`qfm compare`; information only).
+per-notebook time summary; a whole full run ends with how its tables compare with those committed
+at git HEAD (`qfm compare`; information only).
 
 Executed copies land in build/<profile>/executed/, each also as a standalone HTML page (NN_*.html,
 figures embedded) to read the study without running anything. A status line shows each running

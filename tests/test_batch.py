@@ -112,6 +112,12 @@ def test_parallel_batch_waits_for_needs_and_stops_the_others_at_a_failure(tmp_pa
     assert not (tmp_path / "first_done").exists()
 
 
+def test_a_worker_that_dies_is_named(tmp_path):
+    _tiny_notebook(tmp_path, "01_killer.ipynb", "import os, signal; os.kill(os.getppid(), signal.SIGKILL)")
+    with pytest.raises(batch.BatchError, match=r"01_killer.ipynb: its worker process died \(exit code -9\)"):
+        batch.run_batch("smoke", folder=tmp_path, build_dir=tmp_path / "build")
+
+
 def test_needs_must_name_one_earlier_notebook(tmp_path):
     _tiny_notebook(tmp_path, "01_a.ipynb", "x = 1", needs=["02"])
     _tiny_notebook(tmp_path, "02_b.ipynb", "x = 1")
