@@ -33,11 +33,13 @@ import ast
 import json
 import logging
 import os
+import pickle
+import queue
 import shutil
+import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .paths import BUILD_DIR, FIGURES_DIR, PROJECT_ROOT
@@ -228,18 +230,6 @@ def kernel_config():
     return Config()
 
 
-@contextmanager
-def kernel_environment(values: dict[str, str]):
-    """os.environ (which kernels inherit) with `values` added where not already set."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
 def html_exporter():
     """nbconvert's HTML exporter (JupyterLab look), without its per-page warning that the images
     have no alternative text."""
@@ -306,33 +296,70 @@ def default_jobs() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-def _execute(path: str, executed: str, params: dict, cwd: str, env: dict[str, str], events) -> None:
-    """In a worker process: run one notebook with papermill in a fresh kernel and write its HTML page;
-    report (name, "cell", done, n_cells) after each cell and (name, "done") or (name, "failed", message)."""
+def _execute(path: str, executed: str, params: dict, cwd: str, report) -> None:
+    """Run one notebook with papermill in a fresh kernel and write its HTML page; report("cell", done,
+    n_cells) after each cell, then report("done") or report("failed", message)."""
     import papermill
     from papermill.engines import papermill_engines
 
-    name = Path(path).name
     papermill_engines.register("qfm-progress", _progress_engine())
     exporter = html_exporter()
     try:
-        with kernel_environment(env):
-            papermill.execute_notebook(path, executed, parameters=params, engine_name="qfm-progress",
-                                       on_cell=lambda done, cells: events.put((name, "cell", done, cells)),
-                                       kernel_name="python3", cwd=cwd, progress_bar=False, log_output=False,
-                                       request_save_on_cell_execute=False, config=kernel_config(),
-                                       kernel_manager_class=_kernel_manager_class())
+        papermill.execute_notebook(path, executed, parameters=params, engine_name="qfm-progress",
+                                   on_cell=lambda done, cells: report("cell", done, cells),
+                                   kernel_name="python3", cwd=cwd, progress_bar=False, log_output=False,
+                                   request_save_on_cell_execute=False, config=kernel_config(),
+                                   kernel_manager_class=_kernel_manager_class())
     except Exception as err:
         pages = [executed]
         try:
             pages.append(str(write_html(Path(executed), exporter)))
         except Exception:  # the notebook's failure is the error to report
             pass
-        events.put((name, "failed", f"notebook {name} failed ({type(err).__name__}); executed copy with "
-                                    f"the traceback: {' and '.join(pages)}\n{err}"))
+        report("failed", f"notebook {Path(path).name} failed ({type(err).__name__}); executed copy with the "
+                         f"traceback: {' and '.join(pages)}\n{err}")
         return
     write_html(Path(executed), exporter)
-    events.put((name, "done"))
+    report("done")
+
+
+def _worker() -> None:
+    """A worker process (started by run_batch): runs the notebook of its argument (a pickled, hex-coded
+    (path, executed, params, cwd)) and reports on stdout, one JSON list per line; its kernel's own
+    output goes to stderr."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for run_batch, which stops its workers
+    path, executed, params, cwd = pickle.loads(bytes.fromhex(sys.argv[1]))
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    _execute(path, executed, params, cwd, lambda *event: events.write(json.dumps(event) + "\n"))
+
+
+def _start_worker(name: str, args: tuple, env: dict[str, str], events: queue.Queue) -> subprocess.Popen:
+    """A worker process for one notebook; a thread forwards its reports to `events` as (name, kind,
+    ...), ending with (name, "exit", exit code)."""
+    process = subprocess.Popen([sys.executable, "-c", "from qfm_lib.batch import _worker; _worker()",
+                                pickle.dumps(args).hex()], stdout=subprocess.PIPE, text=True,
+                               env={**env, **os.environ})  # a variable already set wins
+
+    def forward():
+        for line in process.stdout:
+            events.put((name, *json.loads(line)))
+        events.put((name, "exit", process.wait()))
+
+    threading.Thread(target=forward, daemon=True).start()
+    return process
+
+
+def _next_event(events: queue.Queue) -> tuple:
+    """The next report of a worker. Waits in short steps: a Ctrl-C delivered to another thread then
+    still interrupts the main thread within half a second."""
+    while True:
+        try:
+            return events.get(timeout=0.5)
+        except queue.Empty:
+            pass
 
 
 def _stale_outputs(path: Path, out_dir: Path, start: float) -> list[str]:
@@ -349,8 +376,6 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     in numeric order. The first failure stops the batch: notebooks still running are stopped and no
     other starts. build_dir (default build/<profile>) receives executed/ (copies and HTML pages),
     times.json and, for non-full profiles, figures/."""
-    import multiprocessing
-
     if profile not in PROFILES:
         raise BatchError(f"unknown profile {profile!r}; profiles: {PROFILES}")
     jobs = default_jobs() if jobs is None else jobs
@@ -379,8 +404,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     labels = {p.name: f"{i}/{len(todo)} {p.stem}" for i, p in enumerate(todo, 1)}
     by_name = {p.name: p for p in todo}
     pending = sorted(by_name, key=lambda n: (0 if jobs == 1 else -priority[n], n))
-    context = multiprocessing.get_context("spawn")
-    events = context.Queue()
+    events: queue.Queue = queue.Queue()
     running: dict[str, tuple] = {}  # name -> (process, start time)
     times: dict[str, float] = {}
     progress = Progress()
@@ -390,17 +414,19 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
             for name in [n for n in pending if needs[n] <= times.keys()][:jobs - len(running)]:
                 pending.remove(name)
                 progress.print(f"[batch] {labels[name]} ({profile}) ...")
-                process = context.Process(target=_execute, name=f"batch {name}", args=(
-                    str(by_name[name]), str(executed_dir / name), params[name], str(folder), kernel_env(jobs), events))
-                running[name] = (process, time.time())
+                args = (str(by_name[name]), str(executed_dir / name), params[name], str(folder))
+                running[name] = (_start_worker(name, args, kernel_env(jobs), events), time.time())
                 progress.start(labels[name], previous.get(name))
-                process.start()
-            name, kind, *rest = _next_event(events, running)
+            name, kind, *rest = _next_event(events)
+            if name not in running:  # the exit of a worker that has reported its end
+                continue
             if kind == "cell":
                 progress.cell_done(labels[name], *rest)
                 continue
-            process, start = running.pop(name)
-            process.join()
+            if kind == "exit":
+                raise BatchError(f"notebook {name}: its worker process died (exit code {rest[0]}) "
+                                 f"without reporting an end")
+            _, start = running.pop(name)
             progress.finish(labels[name])
             if kind == "failed":
                 raise BatchError(rest[0])
@@ -414,7 +440,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
         progress.close()
         for process, _ in running.values():  # only after a failure or an interrupt
             process.terminate()  # its kernel exits when it sees its parent gone
-            process.join()
+            process.wait()
     ordered = [(p.name, times[p.name]) for p in todo]
     width = max(len(n) for n, _ in ordered)
     print(f"\n[batch] time per notebook (executed copies and HTML pages in {executed_dir})")
@@ -423,25 +449,6 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     print(f"  {'sum':<{width}}  {sum(s for _, s in ordered):7.1f} s")
     print(f"  {'wall':<{width}}  {time.time() - batch_start:7.1f} s ({jobs} at once)")
     return ordered
-
-
-def _next_event(events, running: dict[str, tuple]) -> tuple:
-    """The next report of a worker; a worker that died without reporting its end is named."""
-    import queue
-
-    while True:
-        try:
-            return events.get(timeout=1.0)
-        except queue.Empty:
-            pass
-        dead = [n for n, (process, _) in running.items() if not process.is_alive()]
-        if dead:
-            try:  # its last report may still be in the queue
-                return events.get(timeout=2.0)
-            except queue.Empty:
-                code = running[dead[0]][0].exitcode
-                raise BatchError(f"notebook {dead[0]}: its worker process died (exit code {code}) "
-                                 f"without reporting an end") from None
 
 
 def _literal(value: str):
@@ -465,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     except BatchError as err:
         print(f"[batch] FAILED: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\n[batch] interrupted; the notebooks still running were stopped", file=sys.stderr)
+        return 130
     if args.profile == "full" and not args.only and not args.p:
         print(f"\n{reproduction_summary()}")
     return 0
