@@ -2,11 +2,10 @@
 a disk cache for a notebook's slow analysis steps."""
 from __future__ import annotations
 
-import hashlib
 import inspect
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -63,28 +62,17 @@ def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, see
 T = TypeVar("T")
 
 
-def _hashable(value: Any) -> Any:
-    """A key's value with numpy arrays replaced by their shape, dtype and a hash of their bytes."""
-    if isinstance(value, np.ndarray):
-        data = np.ascontiguousarray(value)
-        return f"array{data.shape} {data.dtype} {hashlib.sha256(data.tobytes()).hexdigest()}"
-    if isinstance(value, dict):
-        return {str(k): _hashable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_hashable(v) for v in value]
-    return value
-
-
-def cached(kind: str, key: dict, compute: Callable[[], T]) -> T:
+def cached(kind: str, key: dict, compute: Callable[[], T], extra: bytes = b"") -> T:
     """compute()'s result, computed once per key and kept pickled under <cache>/<kind>/ (written
-    atomically), for a notebook's slow analysis steps. `key` must hold everything the result depends
-    on besides compute's own source, which is added (arrays in it are hashed by content); e.g. a
-    protocol row key (`protocol.row_key`) covers the library code, features, split and seed."""
+    atomically), for a notebook's slow analysis steps. `key` (with `extra`, raw bytes such as an
+    array's, as in cache.cache_path) must hold everything the result depends on besides compute's own
+    source, which is added; e.g. a protocol row key (`protocol.row_key`) covers the library code,
+    features, split and seed."""
     try:
         source = inspect.getsource(compute)
     except (OSError, TypeError):  # no source to read: the compiled code stands for it
         source = compute.__code__.co_code.hex()
-    path = cache_path(kind, {"key": _hashable(key), "source": source}, ".pkl")
+    path = cache_path(kind, {"key": key, "source": source}, ".pkl", extra)
     if path.is_file():
         with open(path, "rb") as fh:
             return pickle.load(fh)
