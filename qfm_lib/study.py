@@ -44,6 +44,17 @@ def load_study_data(dataset: str, backbone: str, n_images: int | None = None, se
     return StudyData(table, feats, splits)
 
 
+def single_thread() -> None:
+    """Run this process's numerics from here on on one thread (BLAS and torch), as the protocol's rows
+    are: a notebook's float results then do not depend on the machine's cores, nor on how many notebooks
+    the batch runs at once (which sets each kernel's thread count)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+
+
 def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, seed: int = 0,
                    n_crops: int = 0, n_views: int = 5, brisque: bool = False):
     """The setup every analysis notebook starts with: print versions, set the plot theme, load the

@@ -1,4 +1,8 @@
-"""study.cached: a notebook's slow step computed once per key, kept on disk."""
+"""study.cached: a notebook's slow step computed once per key, kept on disk; study.single_thread."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from qfm_lib.study import cached
@@ -22,3 +26,11 @@ def test_cached_computes_once_per_key_and_content(tmp_path, monkeypatch):
     assert len(calls) == 4
     assert len(list((tmp_path / "demo").glob("*.pkl"))) == 4
     assert not list((tmp_path / "demo").glob(".*.tmp"))  # written atomically, no temp file left
+
+
+def test_single_thread_limits_blas_and_torch():
+    code = ("import torch; from threadpoolctl import threadpool_info; from qfm_lib.study import single_thread; "
+            "single_thread(); print(torch.get_num_threads(), sorted({p['num_threads'] for p in threadpool_info()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}).stdout
+    assert out.split() == ["1", "[1]"]
