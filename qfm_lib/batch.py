@@ -16,8 +16,8 @@ training the same result rows at once.
 
 The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, so smoke never
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
-It stops at the first failing notebook (stopping any other still running) with a non-zero exit
-naming it, checks that every declared output exists and was written by this run, and prints a
+It stops at the first failing notebook (or at Ctrl-C), stopping any other still running with every
+process under it (kernel, result-row workers), with a non-zero exit naming it, checks that every declared output exists and was written by this run, and prints a
 per-notebook time summary; a whole full run ends with how its tables compare with those committed
 at git HEAD (`qfm compare`; information only).
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -352,6 +353,24 @@ def _start_worker(name: str, args: tuple, env: dict[str, str], events: queue.Que
     return process
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a worker and every process under it: its kernel and the kernel's own worker processes
+    (result rows), which would otherwise run on, orphaned, to the end of their current row."""
+    import psutil
+
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    for member in psutil.wait_procs(family, timeout=10)[1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait()
+
+
 def _next_event(events: queue.Queue) -> tuple:
     """The next report of a worker. Waits in short steps: a Ctrl-C delivered to another thread then
     still interrupts the main thread within half a second."""
@@ -439,8 +458,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     finally:
         progress.close()
         for process, _ in running.values():  # only after a failure or an interrupt
-            process.terminate()  # its kernel exits when it sees its parent gone
-            process.wait()
+            _stop(process)
     ordered = [(p.name, times[p.name]) for p in todo]
     width = max(len(n) for n, _ in ordered)
     print(f"\n[batch] time per notebook (executed copies and HTML pages in {executed_dir})")

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import nbformat
+import psutil
 import pytest
 
 from qfm_lib import batch
@@ -110,6 +111,19 @@ def test_parallel_batch_waits_for_needs_and_stops_the_others_at_a_failure(tmp_pa
     assert time.time() - start < 45  # 01 was stopped, not waited for
     time.sleep(2)
     assert not (tmp_path / "first_done").exists()
+
+
+def test_a_stopped_notebook_leaves_no_process_behind(tmp_path):
+    # 01's kernel starts a process of its own (as protocol.evaluate starts row workers); 02 fails
+    _tiny_notebook(tmp_path, "01_spawner.ipynb", "import subprocess, time; p = subprocess.Popen(['sleep', '300']); "
+                                                 "open('pid', 'w').write(str(p.pid)); time.sleep(300)")
+    _tiny_notebook(tmp_path, "02_failing.ipynb", "import os, time\nwhile not os.path.exists('pid'): time.sleep(0.2)\n"
+                                                 "raise RuntimeError('boom')")
+    with pytest.raises(batch.BatchError, match="02_failing.ipynb failed"):
+        batch.run_batch("smoke", folder=tmp_path, build_dir=tmp_path / "build", jobs=2)
+    pid = int((tmp_path / "pid").read_text())
+    gone = psutil.wait_procs([psutil.Process(pid)], timeout=5)[0] if psutil.pid_exists(pid) else [pid]
+    assert gone or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_worker_that_dies_is_named(tmp_path):
