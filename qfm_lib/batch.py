@@ -17,9 +17,10 @@ training the same result rows at once.
 The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, so smoke never
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
 It stops at the first failing notebook (or at Ctrl-C), stopping any other still running with every
-process under it (kernel, result-row workers), with a non-zero exit naming it, checks that every declared output exists and was written by this run, and prints a
-per-notebook time summary; a whole full run ends with how its tables compare with those committed
-at git HEAD (`qfm compare`; information only).
+process under it (kernel, result-row workers), with a non-zero exit naming it; it checks that every
+declared output exists and was written by this run, and prints a per-notebook time summary; a whole
+full run ends with how its tables compare with those committed at git HEAD (`qfm compare`;
+information only).
 
 Executed copies land in build/<profile>/executed/, each also as a standalone HTML page (NN_*.html,
 figures embedded) to read the study without running anything. A status line shows each running
