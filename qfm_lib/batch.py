@@ -360,7 +360,8 @@ def _stop(process: subprocess.Popen) -> None:
     import psutil
 
     try:
-        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        root = psutil.Process(process.pid)
+        family = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     for member in family:

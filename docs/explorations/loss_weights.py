@@ -1,7 +1,7 @@
 """Validation-only check of the loss weights that were set without a search.
 
 The token variants' loss weights (adversarial matching 1.0, distillation 0.5, local-manifold contrast
-0.2 and mutual term 0.5) were fixed by hand (docs/method.md, "Disclosure"). This script asks whether a
+0.2 and mutual term 0.5) were fixed by hand (docs/method.md, section 2). This script asks whether a
 search on validation would have chosen them. Grid and rule, fixed before this script was first run
 (2026-11-30): each weight at half, as set and double; the contrast and mutual weights searched jointly;
 each searched variant's other settings as in the registry; the validation parts of the same splits as
