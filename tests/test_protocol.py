@@ -149,6 +149,25 @@ def test_code_key_ignores_docstrings_but_not_code():
     assert protocol._code_only(a) == protocol._code_only(b) != protocol._code_only(c)
 
 
+
+def test_code_key_leaves_out_the_registry_whose_specs_are_in_row_keys():
+    source = Path(protocol.__file__).read_text()
+    registry_edit = source.replace("contrastive_weight=0.2", "contrastive_weight=0.3", 1)
+    code_edit = source.replace("return bool(targets) and", "return bool(targets) or", 1)
+    assert registry_edit != source != code_edit
+    skip = protocol.REGISTRY_NAMES
+    assert protocol._code_only(registry_edit, skip) == protocol._code_only(source, skip)
+    assert protocol._code_only(code_edit, skip) != protocol._code_only(source, skip)
+    assert protocol._code_only(registry_edit) != protocol._code_only(source)  # other modules: every assignment
+    inp = _inputs()
+    lmc = inp.variants["lmc-windows"]
+    edited = protocol.ProtocolInputs(**{**inp.__dict__, "variants": {
+        **inp.variants, "lmc-windows": protocol.Variant(lmc.kind, DecoderConfig(**{**lmc.config.__dict__,
+                                                                                 "mutual_weight": 2.0}))}})
+    assert protocol.row_key(edited, "lmc-windows", 0) != protocol.row_key(inp, "lmc-windows", 0)
+    for other in ("window regression (EMA)", "decoder", "ridge"):
+        assert protocol.row_key(edited, other, 0) == protocol.row_key(inp, other, 0)
+
 def test_token_models_are_kept_with_their_rows(fast_variants, monkeypatch):
     inp = _inputs()
     row = protocol.evaluate_row(inp, "lmc-windows", 0)
