@@ -4,9 +4,10 @@
   --cold: a fresh, empty cache in a temporary folder (features, BRISQUE and result rows recomputed)
 
 Peak memory is the largest resident set of any notebook kernel (they are child processes) and of
-this process. The full profile takes about 3 minutes warm on 2 cores (2 notebooks at once; 5.4 min one
-at a time on an AVX2-only CPU), 40 minutes cold with native bfloat16 and about 3 hours cold on an
-AVX2-only CPU (README, "The machine matters"), and writes figures/ as `make figures` does.
+this process. The full profile takes 1.5-3 minutes warm on 2 cores (2 notebooks at once; 5.4 min one
+at a time on an AVX2-only CPU); cold, 70 minutes from an empty cache with native bfloat16 (AVX512-BF16)
+and about 3 hours on an AVX2-only CPU (README, "The machine matters"). It writes figures/ as
+`make figures` does.
 
 Usage: python benchmarks/bench_batch.py [--profile full|smoke] [--cold] [--only 01 02] [--jobs N]
 """
@@ -20,6 +21,7 @@ import tempfile
 import time
 
 from qfm_lib import batch
+from qfm_lib.paths import cache_dir
 
 
 def peak_rss_mib(who: int) -> float:
@@ -37,6 +39,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qfm-cold-cache-") as tmp:
         if args.cold:
             os.environ["QFM_CACHE_DIR"] = tmp  # the kernels inherit it
+        found_empty = not any(cache_dir().glob("*/*"))
         start = time.time()
         try:
             times = batch.run_batch(args.profile, args.only, jobs=args.jobs)
@@ -45,7 +48,8 @@ def main() -> int:
             return 1
         wall = time.time() - start
 
-    mode = "cold (fresh cache)" if args.cold else f"warm ({os.environ.get('QFM_CACHE_DIR', '.cache/')})"
+    mode = ("cold (fresh cache)" if args.cold else f"project cache {cache_dir()}, "
+            + ("found empty: cold" if found_empty else "warm or partly"))
     width = max(len(name) for name, _ in times)
     jobs = args.jobs or batch.default_jobs()
     print(f"\nbench_batch: profile {args.profile}, {mode}, {os.cpu_count()} CPUs, {jobs} notebook(s) at once")

@@ -125,8 +125,10 @@ def _check_reproduces(inp: protocol.ProtocolInputs, member: str, split: int,
                            f"{got:.6f} vs {row['val_score']:.6f}): clear the cache's results and models, then rerun")
 
 
-def _verified_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
-    """_member_scorer, checked to reproduce its row's validation score."""
+def verified_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`, checked to
+    reproduce that row's validation score (else a RuntimeError). Call it on one torch thread, as the
+    rows were computed."""
     score = _member_scorer(inp, member, split)
     _check_reproduces(inp, member, split, score)
     return score
@@ -142,7 +144,7 @@ def evaluate_mean_row(inp: protocol.ProtocolInputs, name: str, split: int) -> di
     parts = inp.parts(split)
     val, test = parts["val"], parts["test"]
     with _one_torch_thread():
-        scorers = [_verified_scorer(inp, m, split) for m in own]
+        scorers = [verified_scorer(inp, m, split) for m in own]
         val_pred = np.mean([score(val) for score in scorers], axis=0)
         test_metrics = iqa_metrics(np.mean([score(test) for score in scorers], axis=0), inp.y[test])
     val_metrics = iqa_metrics(val_pred, inp.y[val])

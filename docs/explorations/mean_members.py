@@ -38,7 +38,7 @@ candidates = [v for v in variants if v in inputs.variants and inputs.variant(v).
 val_preds = {}  # (variant, split) -> validation predictions
 for v in candidates:
     for s in range(N_SPLITS):
-        val_preds[v, s] = ensembles._verified_scorer(inputs, v, s)(inputs.parts(s)["val"])
+        val_preds[v, s] = ensembles.verified_scorer(inputs, v, s)(inputs.parts(s)["val"])
 
 
 def median_val_score(members: list[str]) -> float:
