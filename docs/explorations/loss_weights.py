@@ -8,7 +8,8 @@ each searched variant's other settings as in the registry; the validation parts 
 the settings search (protocol.TUNING_SPLITS, 0-2); the rule of the settings search
 (`protocol.tuning_choice`: the highest median validation score (SRCC + PLCC)/2). No test part is
 scored. Caveat, as for that search: the validation images of splits 0-2 are test images of other
-splits.
+splits. It chose the hand-set weights except the mutual one (1.0), which the registry has used since
+(from the run of 2026-12-04); the committed CSV holds the first run's rows (float32, AVX2 CPU).
 
 The rows are cached like the settings search's (protocol.tune); cold, about 70 min on a 2-core AVX2
 CPU. Writes docs/explorations/loss_weights.csv (every row) and prints each search's medians and choice.
