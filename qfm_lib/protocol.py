@@ -66,7 +66,8 @@ class Variant:
 # (docs/explorations/loss_weights.py) chose the same, except a mutual weight of 1.0 for lmc-windows
 # instead of 0.5 (docs/method.md gives the numbers), which the lmc-windows family now uses. A second
 # check (docs/explorations/other_settings.py) kept dropout and temperature and preferred 1 window per step
-# for window regression, which keeps lmc-windows' 2 so that it differs from it by the two terms only.
+# for window regression, which keeps lmc-windows' 2 so that it differs from it by the two terms only; a
+# third (docs/explorations/epochs_and_widths.py) kept the epoch budget, the depth and the two widths.
 # The evaluation windows (DecoderConfig.eval_grid 0: the fewest that cover the map, replacing a 2x2 grid
 # that left a cross of cells unread) were fixed after a validation-only exploration on splits 0-2, before
 # this search was rerun (docs/method.md, "Evaluation windows").
