@@ -22,10 +22,7 @@ the repository root with QFM_DATA_ROOT set:
 """
 from pathlib import Path
 
-import pandas as pd
-
-from qfm_lib import protocol
-from qfm_lib.study import setup_notebook
+from _settings_check import run_checks  # this folder
 
 SEARCHES = [  # (variant, grid of one DecoderConfig field)
     ("window regression (EMA)", {"dropout": (0.0, 0.1, 0.2)}),
@@ -33,18 +30,4 @@ SEARCHES = [  # (variant, grid of one DecoderConfig field)
     ("lmc-windows", {"temperature": (0.1, 0.2, 0.4)}),
 ]
 
-_, inputs = setup_notebook("livec", "tf_efficientnet_lite0")
-tables = []
-for variant, grid in SEARCHES:
-    table = protocol.tune(inputs, grid, variant=variant)
-    keys = protocol.setting_columns(table)
-    medians = table.groupby(keys, sort=False)[["val_score", "val_plcc", "val_srcc", "fit_seconds"]].median()
-    choice = protocol.tuning_choice(table)
-    used = {k: getattr(inputs.variant(variant).config, k) for k in grid}
-    print(f"\n{variant}: medians over splits {list(protocol.TUNING_SPLITS)}\n{medians.round(4)}")
-    print(f"chosen on validation: {choice}; the registry uses {used}: "
-          f"{'the same' if choice == used else 'DIFFERENT'}")
-    tables.append(table.assign(variant=variant))
-out = Path(__file__).with_suffix(".csv")
-pd.concat(tables, ignore_index=True).to_csv(out, index=False)
-print(f"wrote {out}")
+run_checks(SEARCHES, Path(__file__).with_suffix(".csv"))

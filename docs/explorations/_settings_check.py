@@ -1,0 +1,29 @@
+"""The loop shared by this folder's validation-only settings checks: each search through
+`protocol.tune` (validation parts of protocol.TUNING_SPLITS only; rows cached), its medians and its
+choice (`protocol.tuning_choice`) printed against the registry's value, every row written to a CSV."""
+from pathlib import Path
+
+import pandas as pd
+
+from qfm_lib import protocol
+from qfm_lib.study import setup_notebook
+
+
+def run_checks(searches: list[tuple[str, dict]], out: Path) -> pd.DataFrame:
+    """searches: (variant, grid of DecoderConfig fields). Returns every row, also written to `out`."""
+    _, inputs = setup_notebook("livec", "tf_efficientnet_lite0")
+    tables = []
+    for variant, grid in searches:
+        table = protocol.tune(inputs, grid, variant=variant)
+        keys = protocol.setting_columns(table)
+        medians = table.groupby(keys, sort=False)[["val_score", "val_plcc", "val_srcc", "fit_seconds"]].median()
+        choice = protocol.tuning_choice(table)
+        used = {k: getattr(inputs.variant(variant).config, k) for k in grid}
+        print(f"\n{variant}: medians over splits {list(protocol.TUNING_SPLITS)}\n{medians.round(4)}")
+        print(f"chosen on validation: {choice}; the registry uses {used}: "
+              f"{'the same' if choice == used else 'DIFFERENT'}")
+        tables.append(table.assign(variant=variant))
+    rows = pd.concat(tables, ignore_index=True)
+    rows.to_csv(out, index=False)
+    print(f"wrote {out}")
+    return rows
