@@ -1,5 +1,6 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,6 @@ def test_code_key_ignores_docstrings_but_not_code():
     assert protocol._code_only(a) == protocol._code_only(b) != protocol._code_only(c)
 
 
-
 def test_code_key_leaves_out_the_registry_whose_specs_are_in_row_keys():
     source = Path(protocol.__file__).read_text()
     registry_edit = source.replace("contrastive_weight=0.2", "contrastive_weight=0.3", 1)
@@ -161,12 +161,12 @@ def test_code_key_leaves_out_the_registry_whose_specs_are_in_row_keys():
     assert protocol._code_only(registry_edit) != protocol._code_only(source)  # other modules: every assignment
     inp = _inputs()
     lmc = inp.variants["lmc-windows"]
-    edited = protocol.ProtocolInputs(**{**inp.__dict__, "variants": {
-        **inp.variants, "lmc-windows": protocol.Variant(lmc.kind, DecoderConfig(**{**lmc.config.__dict__,
-                                                                                 "mutual_weight": 2.0}))}})
+    edited = replace(inp, variants={**inp.variants,
+                                    "lmc-windows": replace(lmc, config=replace(lmc.config, mutual_weight=2.0))})
     assert protocol.row_key(edited, "lmc-windows", 0) != protocol.row_key(inp, "lmc-windows", 0)
     for other in ("window regression (EMA)", "decoder", "ridge"):
         assert protocol.row_key(edited, other, 0) == protocol.row_key(inp, other, 0)
+
 
 def test_token_models_are_kept_with_their_rows(fast_variants, monkeypatch):
     inp = _inputs()
