@@ -19,9 +19,11 @@ def run_checks(searches: list[tuple[str, dict]], out: Path) -> pd.DataFrame:
         medians = table.groupby(keys, sort=False)[["val_score", "val_plcc", "val_srcc", "fit_seconds"]].median()
         choice = protocol.tuning_choice(table)
         used = {k: getattr(inputs.variant(variant).config, k) for k in grid}
+        as_set = table.loc[(table[list(used)] == pd.Series(used)).all(axis=1), "val_score"].median()
+        verdict = ("the same" if choice == used else
+                   "a tie, broken in grid order" if as_set == medians["val_score"].max() else "DIFFERENT")
         print(f"\n{variant}: medians over splits {list(protocol.TUNING_SPLITS)}\n{medians.round(4)}")
-        print(f"chosen on validation: {choice}; the registry uses {used}: "
-              f"{'the same' if choice == used else 'DIFFERENT'}")
+        print(f"chosen on validation: {choice}; the registry uses {used}: {verdict}")
         tables.append(table.assign(variant=variant))
     rows = pd.concat(tables, ignore_index=True)
     rows.to_csv(out, index=False)

@@ -14,7 +14,7 @@ Validation parts of the settings search's splits (protocol.TUNING_SPLITS, 0-2); 
 rule (`protocol.tuning_choice`: the highest median validation score (SRCC + PLCC)/2). No test part is
 scored. Caveat, as for that search: the validation images of splits 0-2 are test images of other
 splits. A different choice is reported, not applied: applying it changes those variants' rows.
-docs/method.md lists what is still unchecked.
+remaining_settings.py checks the rest.
 
 The rows are cached like the settings search's (protocol.tune). Writes
 docs/explorations/epochs_and_widths.csv (every row) and prints each search's medians and choice. Run
