@@ -2,9 +2,10 @@
 protocol row (validation and test metrics of one split, the test part scored once).
 
 A mean adds no choice: no weight, no setting, nothing fitted on top of its members. Each member is
-the model that its own protocol row trained on the split: token models are the kept models
-(`protocol.trained_model`); the other kinds are refitted exactly as their rows fit them, on one
-torch thread, and the refit must reproduce its row's validation score (else an error says so).
+the model that its own protocol row trained on the split: the model the protocol kept beside the row
+(`protocol.trained_model`) where it keeps one; the other kinds are refitted exactly as their rows fit
+them, on one torch thread. Either way, the model must reproduce its row's validation score (else an
+error says so).
 
 A mean's row is cached, keyed by its members' row keys and this module's code. This module lies
 outside the protocol's code digest (protocol.py does not import it), so adding a mean leaves every
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import predict, protocol
 from .cache import atomic_write, cache_path, digest
 from .decoder import TrainedDecoder
-from .manifold import TrainedCrops, train_crop_model
+from .manifold import TrainedCrops
 from .metrics import iqa_metrics, selection_score
 
 # Not a method of either paper: the best token model and the best pooled-crop model, averaged. Added
@@ -76,28 +76,13 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _crop_model_path(inp: protocol.ProtocolInputs, member: str, split: int) -> Path:
-    return cache_path("models", {"code": _CODE, "member": protocol.row_key(inp, member, split)}, ".pt")
-
-
 def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> TrainedDecoder | TrainedCrops:
-    """The model that `member`'s row trained on `split` (kinds in MEMBER_MODEL_KINDS): a token model is the
-    protocol's kept model; an lmc model is refitted exactly as its row fits it (on the caller's torch
-    threads: one, to reproduce the row) and cached beside the mean rows."""
+    """The model that `member`'s row trained on `split` (kinds in MEMBER_MODEL_KINDS), kept beside the row
+    by the protocol."""
     v = inp.variant(member)
     if v.kind not in MEMBER_MODEL_KINDS:
         raise ValueError(f"{member!r} ({v.kind}) has no model a mean can keep; kinds that do: {sorted(MEMBER_MODEL_KINDS)}")
-    if v.kind in protocol.TOKEN_KINDS:
-        return protocol.trained_model(inp, member, split)
-    path = _crop_model_path(inp, member, split)
-    if path.is_file():
-        return predict.SINGLE_KINDS["pooled-crops"].load(torch.load(path, map_location="cpu", weights_only=True))
-    parts = inp.parts(split)
-    tr, va = parts["train"], parts["val"]  # as protocol._fit fits an lmc row
-    model = train_crop_model(inp.crops[tr], inp.crop_order[tr], inp.y[tr], inp.crops[va], inp.y[va],
-                             replace(v.config, seed=inp.seed))
-    atomic_write(path, lambda fh: torch.save(predict.to_plain(model.state()), fh))
-    return model
+    return protocol.trained_model(inp, member, split)
 
 
 def _model_scorer(inp: protocol.ProtocolInputs, model: TrainedDecoder | TrainedCrops) -> Callable[[np.ndarray], np.ndarray]:

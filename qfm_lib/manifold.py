@@ -118,9 +118,18 @@ class TrainedCrops:
             return self.model(self._z(crops))[1].numpy()
 
     def state(self) -> dict:
-        return {"state_dict": self.model.state_dict(), "mean": self.mean, "std": self.std,
-                "y_mean": self.y_mean, "y_std": self.y_std, "config": asdict(self.config),
-                "best_epoch": self.best_epoch}
+        """Tensors and plain values (what torch.load(weights_only=True) reads back)."""
+        return {"state_dict": self.model.state_dict(), "mean": torch.from_numpy(self.mean),
+                "std": torch.from_numpy(self.std), "y_mean": float(self.y_mean), "y_std": float(self.y_std),
+                "config": asdict(self.config), "best_epoch": int(self.best_epoch)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TrainedCrops":
+        mean = np.asarray(state["mean"])  # the dtype it was trained with, so predictions are reproduced exactly
+        model = CropModel(len(mean), ManifoldConfig(**state["config"]))
+        model.load_state_dict(state["state_dict"])
+        return cls(model.eval(), mean, np.asarray(state["std"]), state["y_mean"], state["y_std"],
+                   ManifoldConfig(**state["config"]), state["best_epoch"])
 
 
 def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarray, crops_va: np.ndarray,

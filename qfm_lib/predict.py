@@ -32,7 +32,7 @@ from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, crop_boxes_for, forward_engine, run_views, to_tensor
 from .images import ImageError, load_rgb
 from .decoder import TokenSet, TrainedDecoder
-from .manifold import CropModel, ManifoldConfig, TrainedCrops
+from .manifold import TrainedCrops
 from .models import Trained
 from .paths import PROJECT_ROOT
 
@@ -119,15 +119,6 @@ def _crop_features(engine, batch: torch.Tensor, name: str, payload: dict) -> np.
     return run_views(engine, views, tokens=False)[0][None]
 
 
-def _load_crop_model(state: dict) -> TrainedCrops:
-    cfg = ManifoldConfig(**state["config"])
-    mean = np.asarray(state["mean"])  # the dtype it was trained with, so predictions are reproduced exactly
-    model = CropModel(len(mean), cfg)
-    model.load_state_dict(state["state_dict"])
-    return TrainedCrops(model.eval(), mean, np.asarray(state["std"]), state["y_mean"],
-                        state["y_std"], cfg, state["best_epoch"])
-
-
 class MeanOfModels:
     """An equal-weight mean of members (e.g. ensembles.MEANS), each member the mean of its models'
     predictions: [(variant, model_kind, [trained models])], models of MODEL_KINDS' single kinds.
@@ -170,7 +161,7 @@ SINGLE_KINDS: dict[str, ModelKind] = {
     # decoder.TrainedDecoder: the token decoder (QFM-IQM family or local-manifold windows)
     "token-decoder": ModelKind(load=_load_token_decoder, features_for=_token_features),
     # manifold.TrainedCrops: the pooled-crop local-manifold model, averaged over the image's seeded crops
-    "pooled-crops": ModelKind(load=_load_crop_model, features_for=_crop_features),
+    "pooled-crops": ModelKind(load=TrainedCrops.from_state, features_for=_crop_features),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
     **SINGLE_KINDS,

@@ -29,7 +29,7 @@ from .baselines import fit_ridge, fit_svr
 from .cache import atomic_write, cache_path, digest
 from .decoder import DecoderConfig, TokenSet, TrainedDecoder, precision
 from .local_manifold import fit_manifold_decoder
-from .manifold import ManifoldConfig, train_crop_model
+from .manifold import ManifoldConfig, TrainedCrops, train_crop_model
 from .metrics import iqa_metrics, selection_score
 from .models import TrainConfig, train_fixed_epochs, train_model
 from .qfm_iqm import fit_qfm_decoder
@@ -200,7 +200,7 @@ def _needs(inp: ProtocolInputs, name: str, *attrs: str) -> None:
 
 def _fit(inp: ProtocolInputs, name: str, split: int):
     """Fit one variant on one split. Returns score(rows) -> predictions, the chosen settings, and
-    the trained model for the token kinds (TOKEN_KINDS; else None)."""
+    the trained model for the kinds whose model is kept (KEPT_KINDS; else None)."""
     v = inp.variant(name)
     parts = inp.parts(split)
     tr, va = parts["train"], parts["val"]
@@ -244,7 +244,7 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
         _needs(inp, name, "crops", "crop_order")
         model = train_crop_model(inp.crops[tr], inp.crop_order[tr], y[tr], inp.crops[va], y[va],
                                  replace(v.config, seed=inp.seed))
-        return (lambda rows: model.predict(inp.crops[rows])), {"best_epoch": model.best_epoch}, None
+        return (lambda rows: model.predict(inp.crops[rows])), {"best_epoch": model.best_epoch}, model
     raise ValueError(f"unknown variant kind {v.kind!r}")
 
 
@@ -342,6 +342,9 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int, score_test: bool = 
 
 
 TOKEN_KINDS = ("decoder", "lmc-windows")
+# Kinds whose trained model is kept beside its row, with the loader of its state().
+KEPT_KINDS = {"decoder": TrainedDecoder.from_state, "lmc-windows": TrainedDecoder.from_state,
+              "lmc": TrainedCrops.from_state}
 
 
 def _row_path(inp: ProtocolInputs, name: str, split: int, score_test: bool = True) -> Path:
@@ -355,20 +358,18 @@ def _model_path(inp: ProtocolInputs, name: str, split: int) -> Path:
     return cache_path("models", row_key(inp, name, split), ".pt")
 
 
-def _load_decoder(path: Path) -> TrainedDecoder:
-    return TrainedDecoder.from_state(torch.load(path, map_location="cpu", weights_only=True))
-
-
-def trained_model(inp: ProtocolInputs, name: str, split: int) -> TrainedDecoder:
-    """The token model that a variant's row trained on `split` (cached beside the row; trained, and
-    the row computed, if missing). Notebooks read these instead of training their own copies."""
-    if inp.variant(name).kind not in TOKEN_KINDS:
-        raise ValueError(f"{name!r} is not a token model; kinds with a kept model: {TOKEN_KINDS}")
+def trained_model(inp: ProtocolInputs, name: str, split: int) -> TrainedDecoder | TrainedCrops:
+    """The model that a variant's row trained on `split` (kinds in KEPT_KINDS; cached beside the row;
+    trained, and the row computed, if missing). Notebooks and means read these instead of training
+    their own copies."""
+    kind = inp.variant(name).kind
+    if kind not in KEPT_KINDS:
+        raise ValueError(f"{name!r} ({kind}) has no kept model; kinds with one: {sorted(KEPT_KINDS)}")
     path = _model_path(inp, name, split)
     if not path.is_file():
         _row_path(inp, name, split).unlink(missing_ok=True)
         evaluate_row(inp, name, split)
-    return _load_decoder(path)
+    return KEPT_KINDS[kind](torch.load(path, map_location="cpu", weights_only=True))
 
 
 def default_jobs() -> int:

@@ -87,7 +87,7 @@ def test_final_mean_holds_the_models_its_rows_averaged(fast_variants, monkeypatc
     np.testing.assert_array_equal(wr_models[1].trained.predict(inp.tokens, rows), kept.predict(inp.tokens, rows))
     again = predict.MeanOfModels.from_state(predict.to_plain(final.state()))
     np.testing.assert_array_equal(again.members[1][2][1].predict(inp.crops[rows]), expected)
-    monkeypatch.setattr(ensembles, "train_crop_model", lambda *a: pytest.fail("a cached member model was refitted"))
+    monkeypatch.setattr(protocol, "_fit", lambda *a: pytest.fail("a kept member model was refitted"))
     ensembles.fit_final(inp, MEAN, table)
     with pytest.raises(ValueError, match="results hold no rows"):
         ensembles.fit_final(inp, MEAN, table[table.variant == "ridge"])

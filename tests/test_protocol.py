@@ -168,15 +168,17 @@ def test_code_key_leaves_out_the_registry_whose_specs_are_in_row_keys():
         assert protocol.row_key(edited, other, 0) == protocol.row_key(inp, other, 0)
 
 
-def test_token_models_are_kept_with_their_rows(fast_variants, monkeypatch):
+def test_models_are_kept_with_their_rows(fast_variants, monkeypatch):
     inp = _inputs()
-    row = protocol.evaluate_row(inp, "lmc-windows", 0)
+    rows = {name: protocol.evaluate_row(inp, name, 0) for name in ("lmc-windows", "lmc")}
     monkeypatch.setattr(protocol, "_fit", lambda *a: pytest.fail("a kept model was retrained"))
     model = protocol.trained_model(inp, "lmc-windows", 0)
     val = inp.parts(0)["val"]
-    assert selection_score(model.predict(inp.tokens, val), inp.y[val]) == pytest.approx(row["val_score"], abs=1e-6)
-    assert model.best_epoch == row["settings"]["best_epoch"] and len(model.history) >= model.best_epoch + 1
-    with pytest.raises(ValueError, match="not a token model"):
+    assert selection_score(model.predict(inp.tokens, val), inp.y[val]) == pytest.approx(rows["lmc-windows"]["val_score"], abs=1e-6)
+    assert model.best_epoch == rows["lmc-windows"]["settings"]["best_epoch"] and len(model.history) >= model.best_epoch + 1
+    crops = protocol.trained_model(inp, "lmc", 0)
+    assert selection_score(crops.predict(inp.crops[val]), inp.y[val]) == pytest.approx(rows["lmc"]["val_score"], abs=1e-6)
+    with pytest.raises(ValueError, match="has no kept model"):
         protocol.trained_model(inp, "ridge", 0)
 
 

@@ -1,8 +1,8 @@
 """Validation-only exploration: does the mean of the best token model (window regression) and the
 best pooled-crop model (lmc) predict better than either alone? Equal weights, fixed before looking;
 only the validation parts of the 10 committed splits are scored (no test part is read). Reuses the
-cached window-regression models of the full batch (else trains them) and refits pooled lmc (about
-11 s per split). Run from the repository root with QFM_DATA_ROOT set:
+models that the full batch's rows kept (else trains them). Run from the repository root with
+QFM_DATA_ROOT set:
 
     python docs/explorations/two_model_mean.py
 """
@@ -18,7 +18,7 @@ rows = []
 for split in range(10):
     val = inputs.parts(split)["val"]
     windows = protocol.trained_model(inputs, "window regression (EMA)", split).predict(inputs.tokens, val)
-    crops = protocol._fit(inputs, "lmc", split)[0](val)
+    crops = protocol.trained_model(inputs, "lmc", split).predict(inputs.crops[val])
     for name, pred in [("window regression", windows), ("lmc (pooled crops)", crops), ("mean of both", (windows + crops) / 2)]:
         m = iqa_metrics(pred, inputs.y[val])
         rows.append({"split": split, "model": name, "val_plcc": m["plcc"], "val_srcc": m["srcc"]})
