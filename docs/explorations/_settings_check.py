@@ -1,7 +1,7 @@
 """The loop shared by this folder's validation-only settings checks: each search through
 `protocol.tune` (validation parts only, of protocol.TUNING_SPLITS unless told; rows cached), its
-medians and its
-choice (`protocol.tuning_choice`) printed against the registry's value, every row written to a CSV."""
+medians and its choice (`protocol.tuning_choice`) printed against the registry's value, every row
+written to a CSV."""
 from pathlib import Path
 
 import pandas as pd
