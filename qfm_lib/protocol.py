@@ -67,7 +67,11 @@ class Variant:
 # instead of 0.5 (docs/method.md gives the numbers), which the lmc-windows family now uses. A second
 # check (docs/explorations/other_settings.py) kept dropout and temperature and preferred 1 window per step
 # for window regression, which keeps lmc-windows' 2 so that it differs from it by the two terms only; a
-# third (docs/explorations/epochs_and_widths.py) kept the epoch budget, the depth and the two widths.
+# third (docs/explorations/epochs_and_widths.py) kept the epoch budget, the depth and the two widths; a
+# fourth (remaining_settings.py) checked the rest and preferred batches of 16, 4 adversarial candidates
+# and a gap quantile of 0.1. A preregistered confirmation on splits 3-5 (confirm_settings.py) chose
+# batches of 16 and the gap quantile 0.1 (kept 2 candidates): by its rule the next full run adopts both
+# (batch_images for every token variant, gap_quantile for the qfm-iqm family); not applied yet.
 # The evaluation windows (DecoderConfig.eval_grid 0: the fewest that cover the map, replacing a 2x2 grid
 # that left a cross of cells unread) were fixed after a validation-only exploration on splits 0-2, before
 # this search was rerun (docs/method.md, "Evaluation windows").
