@@ -13,9 +13,9 @@ quality query cross-attends them. Here the backbone stays frozen and its token m
 
 Tokens carry no positional embedding: the decoder reads a bag of cells, so it applies unchanged to
 a window of the map or to the whole map. Training reads random windows (crops of the token map,
-`window` x `window` cells, 7x7 ≈ 224 px), drawn afresh every epoch; evaluation averages the scores
+`window` x `window` cells: 5x5 ≈ 160 px, 7x7 ≈ 224 px), drawn afresh every epoch; evaluation averages the scores
 of a grid of evenly spaced windows (window 0: the whole map): by default (`eval_grid` 0) the fewest
-per side that cover each image's map, e.g. 3x3 windows of 7x7 cells on a 16x16 map; `eval_grid` n
+per side that cover each image's map, e.g. 4x4 windows of 5x5 cells on a 16x16 map; `eval_grid` n
 fixes n x n windows instead, which need not cover the map (docs/method.md, "Evaluation windows").
 
 The loop (`fit_decoder`) carries every optional term, each off by default:

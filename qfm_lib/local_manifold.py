@@ -1,7 +1,7 @@
 """Salient-window local-manifold contrastive learning with mutual learning (arXiv 2406.19247), on
 token windows. Our reading of the abstract; there is no official code.
 
-Crops are windows of the cached token map (7x7 cells of the stride-32 grid ≈ 224 px), `n_windows`
+Crops are windows of the cached token map (`window` x `window` cells of the stride-32 grid; 5x5 ≈ 160 px), `n_windows`
 of them sampled afresh per image and step. The most salient window is the anchor:
 * learned saliency (default): where the EMA teacher's quality query looks: its attention logits
   averaged inside each window (comparable across windows, unlike softmax weights): mutual learning

@@ -126,10 +126,11 @@ class TrainedCrops:
     @classmethod
     def from_state(cls, state: dict) -> "TrainedCrops":
         mean = np.asarray(state["mean"])  # the dtype it was trained with, so predictions are reproduced exactly
-        model = CropModel(len(mean), ManifoldConfig(**state["config"]))
+        cfg = ManifoldConfig(**state["config"])
+        model = CropModel(len(mean), cfg)
         model.load_state_dict(state["state_dict"])
-        return cls(model.eval(), mean, np.asarray(state["std"]), state["y_mean"], state["y_std"],
-                   ManifoldConfig(**state["config"]), state["best_epoch"])
+        return cls(model.eval(), mean, np.asarray(state["std"]), state["y_mean"], state["y_std"], cfg,
+                   state["best_epoch"])
 
 
 def train_crop_model(crops_tr: np.ndarray, order_tr: np.ndarray, y_tr: np.ndarray, crops_va: np.ndarray,

@@ -53,7 +53,7 @@ def _selection_noise(noise: float, n_variants: int, n_splits: int, n_runs: int, 
         margins.append(top[1] - top[0])
     return {"p_validation_best_is_test_best": round(float(same) / n_runs, 3),
             "median_validation_margin": round(float(np.median(margins)), 4),
-            "share_of_margins_above_0.003": round(float(np.mean(np.array(margins) > 0.003)), 3)}
+            "share_of_margins_above_0.004": round(float(np.mean(np.array(margins) > 0.004)), 3)}
 
 
 def solution_5(n_variants: int = 2, n_splits: int = 10, n_runs: int = 2000) -> dict:
@@ -61,13 +61,14 @@ def solution_5(n_variants: int = 2, n_splits: int = 10, n_runs: int = 2000) -> d
     validation and test scores differ only by independent noise of sd sigma around a shared split effect.
     The validation-best is the test-best only half the time whatever sigma is. How large a validation
     margin noise makes depends on sigma: the two means' per-split validation differences in the committed
-    table have sd 0.0045, i.e. sigma about 0.003 per variant, and with that equals lead by more than 0.003
-    about one time in four (with sigma 0.01, two times in three). So the margin is weak evidence, and noise
-    is not the only reason validation and test can disagree: validation favours models selected on it
-    (the decoder's epochs and the shared settings were chosen on those validation parts, so its
-    validation scores are optimistic), which the test parts do not."""
+    table have sd 0.0052, i.e. sigma about 0.004 per variant, and with that equals lead by more than 0.004
+    about one time in five (with sigma 0.01, more than one time in two). So the margin is weak evidence
+    (the run before, with batches of 32 and 7x7 windows, ranked the two means the other way round), and
+    noise is not the only reason validation and test can disagree: validation favours models selected on
+    it (every token model's epochs and the shared settings were chosen on those validation parts, so
+    their validation scores are optimistic), which the test parts do not."""
     rng = np.random.default_rng(0)
-    return {f"sigma {sigma}": _selection_noise(sigma, n_variants, n_splits, n_runs, rng) for sigma in (0.003, 0.01)}
+    return {f"sigma {sigma}": _selection_noise(sigma, n_variants, n_splits, n_runs, rng) for sigma in (0.004, 0.01)}
 
 
 if __name__ == "__main__":
