@@ -42,6 +42,9 @@ from .metrics import selection_score
 from .training import run_epochs
 
 
+# The study's token variants override some of these defaults in the registry (protocol._token_config):
+# window, dim and lr from the settings search (protocol.TUNED), batch_images from the preregistered
+# confirmation (protocol.CONFIRMED), and gap_quantile for the variants that mine partners.
 @dataclass(frozen=True)
 class DecoderConfig:
     gated: bool = True

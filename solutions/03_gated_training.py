@@ -46,8 +46,9 @@ def solution_2() -> dict:
     """Whole token maps (window 0) vs the chosen windows for the plain decoder."""
     s, tokens, parts = _setup()
     out = {}
-    for window in (protocol.TUNED["window"], 0):
-        cfg = replace(protocol.VARIANTS["decoder"].config, seed=SEED, window=window, max_epochs=8)
+    base = protocol.VARIANTS["decoder"].config
+    for window in (base.window, 0):
+        cfg = replace(base, seed=SEED, window=window, max_epochs=8)
         out[f"window_{window}"] = _val(fit_decoder(tokens, s.mos, parts["train"], parts["val"], cfg), tokens, s.mos, parts)
     return out
 
