@@ -56,20 +56,36 @@ def _selection_noise(noise: float, n_variants: int, n_splits: int, n_runs: int, 
             f"share_of_margins_above_{margin}": round(float(np.mean(np.array(margins) > margin)), 3)}
 
 
-def solution_5(n_variants: int = 2, n_splits: int = 10, n_runs: int = 2000) -> dict:
-    """Selection noise, on constructed scores: two variants of exactly equal quality whose per-split
-    validation and test scores differ only by independent noise of sd sigma around a shared split effect.
-    The validation-best is the test-best only half the time whatever sigma is. How large a validation
-    margin noise makes depends on sigma: the two means' per-split validation differences in the committed
-    table have sd 0.0052, i.e. sigma about 0.004 per variant, and with that equals lead by more than 0.004
-    about one time in five (with sigma 0.01, more than one time in two). So the margin is weak evidence
-    (the run before, with batches of 32 and 7x7 windows, ranked the two means the other way round), and
-    noise is not the only reason validation and test can disagree: validation favours models selected on
-    it (every token model's epochs and the shared settings were chosen on those validation parts, so
-    their validation scores are optimistic), which the test parts do not."""
+def _best_of_equals(diff_sd: float, n_candidates: int, n_splits: int, n_runs: int, rng, margin: float) -> dict:
+    """Validation margin of the best of n_candidates additions that are all exactly as good as the model
+    they extend: each changes its per-split validation score by independent noise of sd diff_sd."""
+    margins = []
+    for _ in range(n_runs):
+        base = 0.85 + rng.normal(0, 0.02, n_splits)
+        candidates = base + rng.normal(0, diff_sd, (n_candidates, n_splits))
+        margins.append(np.median(candidates, axis=1).max() - np.median(base))
+    return {"median_validation_margin": round(float(np.median(margins)), 4),
+            f"share_of_margins_above_{margin}": round(float(np.mean(np.array(margins) > margin)), 3)}
+
+
+def solution_5(n_splits: int = 10, n_runs: int = 2000, margin: float = 0.004, diff_sd: float = 0.0028) -> dict:
+    """Selection noise, on constructed scores. Two fixed variants of exactly equal quality (a shared split
+    effect plus independent noise of sd sigma on validation and on test): the validation-best is the
+    test-best only half the time, whatever sigma is. The two means' per-split validation differences in
+    the committed table have sd 0.0028 (diff_sd), i.e. sigma about 0.002 per variant, and with that two
+    fixed equals lead by more than 0.004 only about 3 times in 100: as a margin between two variants
+    named in advance, 0.004 would be unusual. But the third member was not named in advance: the greedy
+    rule took the best of 10 candidates on these same validation parts. Ten additions that change nothing
+    (each moving the per-split validation score by noise of sd 0.0028) give their best a median margin of
+    about 0.0025, and one above 0.004 about 1 time in 8. So a 0.004 margin is what choosing among many
+    candidates on the same data produces; hence the rule's choice gets its own test scoring, and test does
+    not confirm it. Noise is not the only cause: validation also favours models selected on it (every
+    token model's epochs, qfm-iqm's matching strength and the shared settings were chosen on those
+    validation parts), which the test parts do not."""
     rng = np.random.default_rng(0)
-    return {f"sigma {sigma}": _selection_noise(sigma, n_variants, n_splits, n_runs, rng, margin=0.004)
-            for sigma in (0.004, 0.01)}
+    sigma = round(diff_sd / np.sqrt(2), 4)
+    return {f"two fixed equals, sigma {sigma}": _selection_noise(sigma, 2, n_splits, n_runs, rng, margin),
+            "best of 10 equal candidates": _best_of_equals(diff_sd, 10, n_splits, n_runs, rng, margin)}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ is read). If the chosen set differs from the study's mean (window regression + l
 its own, with its test scored once in notebook 06. Caveat: each member's early stopping already used
 the same validation parts, so these scores are optimistic for every set alike.
 
+Runs: on the float32 rows of 2026-11-29 it chose the decoder and lmc ("decoder + lmc (mean)"); rerun on
+the rows of 2026-12-05 (batches of 16, the rerun settings search) it chose window regression, lmc and
+qfm-iqm (median validation score 0.8516, against 0.8478 for the study's mean; a fourth member, decoder+gate,
+lost 0.0001), which became "window regression + lmc + qfm-iqm (mean)". Test did not confirm either choice
+(notebook 06).
+
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
 
