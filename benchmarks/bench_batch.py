@@ -7,7 +7,7 @@ Peak memory is the largest resident set of any notebook kernel (they are child p
 this process. The full profile takes 1.5-3 minutes warm on 2 cores (2 notebooks at once; 5.4 min one
 at a time on an AVX2-only CPU); cold, 44 minutes from an empty cache with native bfloat16 (AVX512-BF16;
 35 of them the result rows, measured with the features cached; 70 and 57 with the 7x7 windows and batches
-of 32 used until 2026-12-04) and about 3 hours on an AVX2-only CPU with those (README, "The machine
+of 32 used until 2026-12-04) and about 3 hours on an AVX2-only CPU with those (docs/performance.md, "The machine
 matters"). It writes figures/ as `make figures` does.
 
 Usage: python benchmarks/bench_batch.py [--profile full|smoke] [--cold] [--only 01 02] [--jobs N]
