@@ -1,5 +1,6 @@
 """`qfm` console script: `qfm predict PATH... [--model FILE] [--max-side N] -o scores.csv`;
-`qfm compare [--rev REV] [--tolerance T]`: regenerated tables against the committed ones."""
+`qfm compare [--rev REV] [--tolerance T]`: regenerated tables against the committed ones;
+`qfm finetune --splits 0 1 2 [--device cuda]`: end-to-end fine-tuning from the protocol's models (GPU)."""
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                       help="largest difference allowed, absolute within [-1, 1], relative above (default %(default)g)")
     comp.add_argument("-o", "--output", default=None, help="also write every column's difference to this CSV")
+    tune = sub.add_parser("finetune", help="fine-tune the backbone end to end from the protocol's models (GPU)",
+                          description="LP-FT: on each split, start from the model that a token variant's row "
+                                      "trained on the frozen tokens, train backbone and decoder together on the "
+                                      "training part, stop early on the validation part, score the test part "
+                                      "once. Writes the fine-tuned and the frozen rows, and their paired "
+                                      "comparison, to --output-dir. About an hour per split on a 2-core CPU: "
+                                      "meant for a GPU.")
+    tune.add_argument("--dataset", default="livec")
+    tune.add_argument("--backbone", default="tf_efficientnet_lite0")
+    tune.add_argument("--splits", type=int, nargs="+", default=list(range(10)), metavar="S")
+    tune.add_argument("--n-images", type=int, default=None, help="a seeded subset (for a quick try)")
+    tune.add_argument("--output-dir", default="build/finetune", metavar="DIR")
+    from .finetune import FinetuneConfig
+    for field, default in FinetuneConfig().__dict__.items():
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        tune.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default, help=f"default: {default}")
     args = parser.parse_args(argv)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "finetune":
+        return _finetune(args)
 
     from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, predict_images
 
@@ -79,3 +98,26 @@ def _compare(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _finetune(args) -> int:
+    from pathlib import Path
+
+    from .finetune import FinetuneConfig, finetune_study
+
+    try:
+        cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
+        rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images)
+    except ValueError as err:
+        print(f"qfm finetune: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.dataset}_{args.backbone}"
+    rows.to_csv(out / f"{stem}_rows.csv", index=False)
+    print(rows.groupby("variant", sort=False)[["plcc", "srcc", "val_score", "fit_seconds"]].median().round(4))
+    if comparison is not None:
+        comparison.to_csv(out / f"{stem}_comparison.csv", index=False)
+        print(comparison.round(4).to_string(index=False))
+    print(f"written to {out}/{stem}_*.csv")
+    return 0

@@ -1,0 +1,214 @@
+"""End-to-end fine-tuning of the backbone under a token decoder: an option for GPU users, not part
+of the batch. On a 2-core CPU a training step takes about 0.44 s per 500x500 image (forward and
+backward pass of Lite0 with its token maps), so one LIVEC epoch takes about 5 minutes and ten splits
+of ten epochs about 8 hours (benchmarks/bench_finetune.py).
+
+Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): each split starts from the model
+that a protocol variant's row trained on the frozen, cached tokens of that split (default window
+regression), so step 0 is exactly that model, and then the backbone and the decoder train together at
+one small learning rate, on the same random token windows, now of the live token maps of the whole
+image (FeatureGraph and token_cells, the cache's own definitions). The backbone's batch-norm
+statistics stay frozen. The protocol is the study's: the split's training part trains, its validation
+part picks the epoch (early stopping), and its test part is scored once, with the protocol's
+evaluation windows (TrainedDecoder.predict on the live token maps).
+
+    qfm finetune --splits 0 1 2 --device cuda        # rows to build/finetune/, with the paired comparison
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .backbones import Backbone, load_backbone
+from .decoder import TokenSet, TrainedDecoder
+from .features import FeatureGraph, to_tensor, token_cells
+from .images import load_rgb
+from .metrics import iqa_metrics, selection_score
+from .training import run_epochs
+
+DEFAULT_START = "window regression (EMA)"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    start: str = DEFAULT_START   # protocol variant whose per-split model (frozen tokens) is the start
+    lr: float = 1e-5             # one rate for backbone and decoder (the decoder is already trained)
+    weight_decay: float = 1e-2
+    max_epochs: int = 10
+    patience: int = 3
+    batch_images: int = 16
+    amp: bool = True             # bfloat16 autocast for the backbone on CUDA
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr}, {self.weight_decay}")
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_images < 1:
+            raise ValueError(f"max_epochs, patience and batch_images must be >= 1, got "
+                             f"{self.max_epochs}, {self.patience}, {self.batch_images}")
+
+
+class FinetunedDecoder(nn.Module):
+    """The backbone's token maps, normalised with the start model's training statistics, read by the
+    start model's decoder. Both train; the backbone's batch norms stay in eval mode."""
+
+    def __init__(self, backbone: Backbone, start: TrainedDecoder):
+        super().__init__()
+        own = replace(backbone, model=copy.deepcopy(backbone.model).requires_grad_(True))  # each split starts afresh
+        self.graph = FeatureGraph(own)
+        self.decoder = copy.deepcopy(start.model)
+        self.register_buffer("mean", torch.from_numpy(start.tokens_mean).float())
+        self.register_buffer("std", torch.from_numpy(start.tokens_std).float())
+
+    def train(self, mode: bool = True) -> "FinetunedDecoder":
+        super().train(mode)
+        self.graph.eval()  # frozen batch-norm statistics: batches of a few images would corrupt them
+        return self
+
+    def cells(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, h, w, C) raw token cells, float32."""
+        _, *maps = self.graph(images)
+        return token_cells(self.graph.token_stages, maps).float()
+
+    def window_scores(self, cells: torch.Tensor, tops: np.ndarray, lefts: np.ndarray, window: int) -> torch.Tensor:
+        """Scores of one window per image: (B, h, w, C) raw cells and (B,) window corners -> (B,)."""
+        x = torch.stack([cells[b, t:t + window, l:l + window] for b, (t, l) in enumerate(zip(tops, lefts))])
+        x = ((x - self.mean) / self.std).flatten(1, 2)  # (B, T, C)
+        return self.decoder(x)[0]
+
+
+def load_images(paths: list[str], backbone: Backbone, progress: bool = True) -> list[torch.Tensor]:
+    """Every image as the backbone's normalised (3, H, W) tensor at native resolution, float16 (kept in
+    memory: LIVEC's 1000 images take 1.5 GB)."""
+    return [to_tensor(load_rgb(p), backbone).half() for p in tqdm(paths, desc="images", disable=not progress)]
+
+
+def _by_shape(rows: np.ndarray, images: list[torch.Tensor]) -> list[np.ndarray]:
+    """rows grouped by image size, so that each group forms one batch."""
+    shapes = [tuple(images[r].shape) for r in rows]
+    return [rows[[s == shape for s in shapes]] for shape in dict.fromkeys(shapes)]
+
+
+def _autocast(cfg: FinetuneConfig):
+    if cfg.amp and cfg.device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def live_tokens(model: FinetunedDecoder, images: list[torch.Tensor], rows: np.ndarray, cfg: FinetuneConfig,
+                batch: int = 8) -> TokenSet:
+    """The current backbone's raw token maps of `rows`, as a TokenSet whose row i is rows[i]."""
+    cells = {}
+    with torch.no_grad(), _autocast(cfg):
+        for group in _by_shape(np.asarray(rows), images):
+            for start in range(0, len(group), batch):
+                part = group[start:start + batch]
+                x = torch.stack([images[r] for r in part]).to(cfg.device).float()
+                for r, c in zip(part, model.cells(x).cpu().numpy()):
+                    cells[r] = c
+    maps = [cells[r] for r in rows]
+    return TokenSet(np.concatenate([m.reshape(-1, m.shape[-1]) for m in maps]),
+                    np.array([m.shape[:2] for m in maps]))
+
+
+def _scorer(model: FinetunedDecoder, start: TrainedDecoder, epoch: int = 0) -> TrainedDecoder:
+    """The current decoder as a TrainedDecoder on the CPU, which evaluates as the protocol does."""
+    return TrainedDecoder(copy.deepcopy(model.decoder).cpu().eval(), start.tokens_mean, start.tokens_std,
+                          start.y_mean, start.y_std, start.config, epoch)
+
+
+def predict(model: FinetunedDecoder, start: TrainedDecoder, images: list[torch.Tensor], rows: np.ndarray,
+            cfg: FinetuneConfig) -> np.ndarray:
+    """Quality of `rows` (MOS scale): the protocol's evaluation windows on the live token maps."""
+    tokens = live_tokens(model, images, rows, cfg)
+    return _scorer(model, start).predict(tokens, np.arange(len(rows)))
+
+
+def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch.Tensor], y: np.ndarray,
+                   parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Fine-tune from `start` (a model trained on this split's frozen tokens) on parts["train"], early
+    stopping on parts["val"], where the start itself is a candidate (best_epoch -1: no epoch scored
+    higher on validation); then score parts["test"] once. Returns the metrics and the epoch kept."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    window = start.config.window
+    model = FinetunedDecoder(backbone, start).to(cfg.device)
+    target = torch.from_numpy(((y - start.y_mean) / start.y_std).astype(np.float32)).to(cfg.device)
+    began = time.perf_counter()
+
+    def epoch_losses():
+        perm = rng.permutation(train)
+        for first in range(0, len(perm), cfg.batch_images):
+            rows = perm[first:first + cfg.batch_images]
+            losses = []
+            for group in _by_shape(rows, images):
+                x = torch.stack([images[r] for r in group]).to(cfg.device).float()
+                with _autocast(cfg):
+                    cells = model.cells(x)
+                h, w = cells.shape[1:3]
+                if window > min(h, w):
+                    raise ValueError(f"image row {group[0]}: token grid {h}x{w} is smaller than the window {window}")
+                tops, lefts = rng.integers(0, h - window + 1, len(group)), rng.integers(0, w - window + 1, len(group))
+                score = model.window_scores(cells, tops, lefts, window)
+                losses.append(F.smooth_l1_loss(score, target[group], reduction="sum"))
+            yield torch.stack(losses).sum() / len(rows)
+
+    def val_score(scorer: FinetunedDecoder) -> float:
+        return selection_score(predict(scorer, start, images, val, cfg), y[val])
+
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    start_score = val_score(model.eval())
+    state, best_epoch, history = run_epochs(model, cfg, epoch_losses, val_score, progress=progress)
+    if start_score >= max(h["val_score"] for h in history):  # validation prefers no fine-tuning
+        state, best_epoch = initial, -1
+    model.load_state_dict(state)
+    model.eval()
+    val_pred, test_pred = predict(model, start, images, val, cfg), predict(model, start, images, test, cfg)
+    val_m, test_m = iqa_metrics(val_pred, y[val]), iqa_metrics(test_pred, y[test])
+    return {**{k: test_m[k] for k in ("plcc", "srcc", "krcc", "rmse")}, "val_score": selection_score(val_pred, y[val]),
+            "val_plcc": val_m["plcc"], "val_srcc": val_m["srcc"], "best_epoch": best_epoch,
+            "fit_seconds": round(time.perf_counter() - began, 1), "history": history}
+
+
+def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: FinetuneConfig,
+                   n_images: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """finetune_split on each split, beside the start variant's own row. Returns one row per (variant,
+    split) in the protocol's columns, the fine-tuned variant named "<start>, fine-tuned", and, with two
+    splits or more, the paired comparison of the fine-tuned rows with the start's (stats.compare)."""
+    from . import protocol, study
+    from . import stats as S
+
+    data = study.load_study_data(dataset, backbone_name, n_images=n_images)
+    inp = protocol.inputs_from_study(data, progress=progress)
+    kind = inp.variant(cfg.start).kind
+    if kind not in protocol.TOKEN_KINDS:
+        raise ValueError(f"start variant {cfg.start!r} ({kind}) has no token decoder; token kinds: {protocol.TOKEN_KINDS}")
+    backbone = load_backbone(backbone_name)
+    images = load_images(list(data.table["path"]), backbone, progress)
+    rows = []
+    for split in splits:
+        start = protocol.trained_model(inp, cfg.start, split)
+        frozen = protocol.evaluate_row(inp, cfg.start, split)
+        rows.append({k: frozen[k] for k in ("variant", "split", "plcc", "srcc", "krcc", "rmse", "val_score", "fit_seconds")})
+        tuned = finetune_split(start, backbone, images, data.mos, inp.parts(split), cfg, progress)
+        rows.append({"variant": f"{cfg.start}, fine-tuned", "split": split,
+                     **{k: v for k, v in tuned.items() if k != "history"}, "settings": asdict(cfg)})
+        if progress:
+            print(f"split {split}: frozen PLCC/SRCC {frozen['plcc']:.3f}/{frozen['srcc']:.3f}, fine-tuned "
+                  f"{tuned['plcc']:.3f}/{tuned['srcc']:.3f} (epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)")
+    rows = pd.DataFrame(rows)
+    if len(splits) < 2:
+        return rows, None
+    n_train, n_test = S.split_sizes(data.splits)
+    return rows, S.compare(rows, cfg.start, n_train=n_train, n_test=n_test)

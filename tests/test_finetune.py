@@ -1,0 +1,59 @@
+"""End-to-end fine-tuning (the GPU option), checked on the CPU on a few real LIVEC images."""
+import numpy as np
+import pytest
+import torch
+
+from qfm_lib.finetune import FinetuneConfig, FinetunedDecoder, finetune_study
+
+N_IMAGES = 40  # split 0 of this subset: 25 train, 7 validation, 8 test images
+
+
+@pytest.fixture
+def on_data_root(data_root, monkeypatch):
+    monkeypatch.setenv("QFM_DATA_ROOT", str(data_root))
+
+
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"max_epochs": 0}, {"patience": 0}, {"batch_images": 0}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        FinetuneConfig(**bad)
+
+
+def test_start_must_have_a_token_decoder(on_data_root):
+    with pytest.raises(ValueError, match="ridge"):
+        finetune_study("livec", "tf_efficientnet_lite0", [0], FinetuneConfig(start="ridge", device="cpu"),
+                       n_images=N_IMAGES, progress=False)
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
+    """With lr 0 nothing moves: the fine-tuned row scores the test part as the frozen row does (live token
+    maps instead of the cache's). With a learning rate the backbone's weights change, and only where
+    they should: batch-norm statistics stay frozen, and the backbone it was given is untouched."""
+    torch.manual_seed(0)
+    still = FinetuneConfig(lr=0.0, max_epochs=1, patience=1, batch_images=8, device="cpu")
+    rows, comparison = finetune_study("livec", "tf_efficientnet_lite0", [0], still, n_images=N_IMAGES, progress=False)
+    frozen, tuned = rows.iloc[0], rows.iloc[1]
+    assert tuned["variant"] == f"{still.start}, fine-tuned" and comparison is None
+    for metric in ("plcc", "srcc", "val_score"):
+        assert tuned[metric] == pytest.approx(frozen[metric], abs=2e-3), metric
+
+    from qfm_lib import protocol, study
+
+    data = study.load_study_data("livec", "tf_efficientnet_lite0", n_images=N_IMAGES)
+    start = protocol.trained_model(protocol.inputs_from_study(data, progress=False), still.start, 0)
+    model = FinetunedDecoder(lite0, start)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    x = torch.randn(2, 3, 256, 256)
+    cells = model.cells(x)
+    loss = model.window_scores(cells, np.array([0, 1]), np.array([1, 0]), start.config.window).square().mean()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    assert not torch.equal(before["graph.model.conv_stem.weight"], after["graph.model.conv_stem.weight"])
+    assert torch.equal(before["graph.model.bn1.running_mean"], after["graph.model.bn1.running_mean"])
+    # the backbone it started from is untouched (the next split starts from it afresh)
+    assert torch.equal(lite0.model.conv_stem.weight, before["graph.model.conv_stem.weight"])
+    assert not lite0.model.conv_stem.weight.requires_grad
