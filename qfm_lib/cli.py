@@ -96,11 +96,8 @@ def _compare(args) -> int:
     return 0 if agree else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _finetune(args) -> int:
+    import re
     from pathlib import Path
 
     from .finetune import FinetuneConfig, finetune_study
@@ -113,7 +110,7 @@ def _finetune(args) -> int:
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.dataset}_{args.backbone}"
+    stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_")])
     rows.to_csv(out / f"{stem}_rows.csv", index=False)
     print(rows.groupby("variant", sort=False)[["plcc", "srcc", "val_score", "fit_seconds"]].median().round(4))
     if comparison is not None:
@@ -121,3 +118,8 @@ def _finetune(args) -> int:
         print(comparison.round(4).to_string(index=False))
     print(f"written to {out}/{stem}_*.csv")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

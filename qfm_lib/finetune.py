@@ -190,6 +190,10 @@ def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: Fin
     from . import stats as S
 
     data = study.load_study_data(dataset, backbone_name, n_images=n_images)
+    unknown = [s for s in splits if f"split_{s}" not in data.splits.columns]
+    if unknown:
+        raise ValueError(f"splits {unknown} are not in data/splits/{dataset}.csv "
+                         f"({data.splits.filter(like='split_').shape[1]} splits)")
     inp = protocol.inputs_from_study(data, progress=progress)
     kind = inp.variant(cfg.start).kind
     if kind not in protocol.TOKEN_KINDS:

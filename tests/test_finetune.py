@@ -25,6 +25,13 @@ def test_start_must_have_a_token_decoder(on_data_root):
                        n_images=N_IMAGES, progress=False)
 
 
+def test_cli_names_an_unknown_split(on_data_root, capsys):
+    from qfm_lib.cli import main
+
+    assert main(["finetune", "--splits", "0", "12", "--n-images", str(N_IMAGES), "--device", "cpu"]) == 2
+    assert "splits [12] are not in data/splits/livec.csv" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
     """With lr 0 nothing moves: the fine-tuned row scores the test part as the frozen row does (live token
