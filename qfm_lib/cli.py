@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--splits", type=int, nargs="+", default=list(range(10)), metavar="S")
     tune.add_argument("--n-images", type=int, default=None, help="a seeded subset (for a quick try)")
     tune.add_argument("--output-dir", default="build/finetune", metavar="DIR")
+    tune.add_argument("--validation-only", action="store_true",
+                      help="score no test part (to choose settings such as --lr on validation)")
     from .finetune import FinetuneConfig
     for field, default in FinetuneConfig().__dict__.items():
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
@@ -104,13 +106,15 @@ def _finetune(args) -> int:
 
     try:
         cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
-        rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images)
+        rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
+                                          score_test=not args.validation_only)
     except ValueError as err:
         print(f"qfm finetune: {err}", file=sys.stderr)
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_")])
+    stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_"),
+                     f"lr{cfg.lr:g}"] + (["validation_only"] if args.validation_only else []))
     rows.to_csv(out / f"{stem}_rows.csv", index=False)
     print(rows.groupby("variant", sort=False)[["plcc", "srcc", "val_score", "fit_seconds"]].median().round(4))
     if comparison is not None:

@@ -36,6 +36,7 @@ from .metrics import iqa_metrics, selection_score
 from .training import run_epochs
 
 DEFAULT_START = "window regression (EMA)"
+TEST_METRICS = ("plcc", "srcc", "krcc", "rmse")
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,13 @@ def predict(model: FinetunedDecoder, start: TrainedDecoder, images: list[torch.T
 
 
 def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch.Tensor], y: np.ndarray,
-                   parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool = True) -> dict:
+                   parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool = True,
+                   score_test: bool = True) -> dict:
     """Fine-tune from `start` (a model trained on this split's frozen tokens) on parts["train"], early
     stopping on parts["val"], where the start itself is a candidate (best_epoch -1: no epoch scored
-    higher on validation); then score parts["test"] once. Returns the metrics and the epoch kept."""
+    higher on validation); then score parts["test"] once (unless not score_test: test metrics NaN, for
+    choosing settings). Returns the metrics, the epoch kept and the validation score of each epoch
+    (the start's first)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train, val, test = parts["train"], parts["val"], parts["test"]
@@ -174,18 +178,22 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
         state, best_epoch = initial, -1
     model.load_state_dict(state)
     model.eval()
-    val_pred, test_pred = predict(model, start, images, val, cfg), predict(model, start, images, test, cfg)
-    val_m, test_m = iqa_metrics(val_pred, y[val]), iqa_metrics(test_pred, y[test])
-    return {**{k: test_m[k] for k in ("plcc", "srcc", "krcc", "rmse")}, "val_score": selection_score(val_pred, y[val]),
+    val_pred = predict(model, start, images, val, cfg)
+    val_m = iqa_metrics(val_pred, y[val])
+    test_m = iqa_metrics(predict(model, start, images, test, cfg), y[test]) if score_test else {}
+    return {**{k: test_m.get(k, np.nan) for k in TEST_METRICS}, "val_score": selection_score(val_pred, y[val]),
             "val_plcc": val_m["plcc"], "val_srcc": val_m["srcc"], "best_epoch": best_epoch,
-            "fit_seconds": round(time.perf_counter() - began, 1), "history": history}
+            "fit_seconds": round(time.perf_counter() - began, 1),
+            "val_by_epoch": [round(start_score, 4)] + [round(h["val_score"], 4) for h in history]}
 
 
 def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: FinetuneConfig,
-                   n_images: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                   n_images: int | None = None, progress: bool = True,
+                   score_test: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """finetune_split on each split, beside the start variant's own row. Returns one row per (variant,
     split) in the protocol's columns, the fine-tuned variant named "<start>, fine-tuned", and, with two
-    splits or more, the paired comparison of the fine-tuned rows with the start's (stats.compare)."""
+    splits or more, the paired comparison of the fine-tuned rows with the start's (stats.compare).
+    score_test False: validation only (every test metric NaN, no comparison), to choose settings."""
     from . import protocol, study
     from . import stats as S
 
@@ -204,15 +212,18 @@ def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: Fin
     for split in splits:
         start = protocol.trained_model(inp, cfg.start, split)
         frozen = protocol.evaluate_row(inp, cfg.start, split)
-        rows.append({k: frozen[k] for k in ("variant", "split", "plcc", "srcc", "krcc", "rmse", "val_score", "fit_seconds")})
-        tuned = finetune_split(start, backbone, images, data.mos, inp.parts(split), cfg, progress)
-        rows.append({"variant": f"{cfg.start}, fine-tuned", "split": split,
-                     **{k: v for k, v in tuned.items() if k != "history"}, "settings": asdict(cfg)})
+        rows.append({"variant": frozen["variant"], "split": split,
+                     **{k: frozen[k] if score_test else np.nan for k in TEST_METRICS},
+                     **{k: frozen[k] for k in ("val_score", "val_plcc", "val_srcc", "fit_seconds")}})
+        tuned = finetune_split(start, backbone, images, data.mos, inp.parts(split), cfg, progress, score_test)
+        rows.append({"variant": f"{cfg.start}, fine-tuned", "split": split, **tuned, "settings": asdict(cfg)})
         if progress:
-            print(f"split {split}: frozen PLCC/SRCC {frozen['plcc']:.3f}/{frozen['srcc']:.3f}, fine-tuned "
-                  f"{tuned['plcc']:.3f}/{tuned['srcc']:.3f} (epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)")
+            print(f"split {split}: validation {frozen['val_score']:.4f} frozen, {tuned['val_score']:.4f} fine-tuned "
+                  f"(epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)"
+                  + (f"; test PLCC/SRCC {frozen['plcc']:.3f}/{frozen['srcc']:.3f} frozen, "
+                     f"{tuned['plcc']:.3f}/{tuned['srcc']:.3f} fine-tuned" if score_test else ""))
     rows = pd.DataFrame(rows)
-    if len(splits) < 2:
+    if len(splits) < 2 or not score_test:
         return rows, None
     n_train, n_test = S.split_sizes(data.splits)
     return rows, S.compare(rows, cfg.start, n_train=n_train, n_test=n_test)

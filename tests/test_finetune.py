@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_lib.finetune import FinetuneConfig, FinetunedDecoder, finetune_study
+from qfm_lib.finetune import FinetuneConfig, FinetunedDecoder, finetune_split, finetune_study, load_images
 
 N_IMAGES = 40  # split 0 of this subset: 25 train, 7 validation, 8 test images
 
@@ -35,7 +35,7 @@ def test_cli_names_an_unknown_split(on_data_root, capsys):
 @pytest.mark.slow
 def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
     """With lr 0 nothing moves: the fine-tuned row scores the test part as the frozen row does (live token
-    maps instead of the cache's). With a learning rate the backbone's weights change, and only where
+    maps instead of the cache's), and validation only scores no test part. With a learning rate the backbone's weights change, and only where
     they should: batch-norm statistics stay frozen, and the backbone it was given is untouched."""
     torch.manual_seed(0)
     still = FinetuneConfig(lr=0.0, max_epochs=1, patience=1, batch_images=8, device="cpu")
@@ -45,10 +45,17 @@ def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
     for metric in ("plcc", "srcc", "val_score"):
         assert tuned[metric] == pytest.approx(frozen[metric], abs=2e-3), metric
 
+    assert tuned["val_by_epoch"][0] == pytest.approx(tuned["val_by_epoch"][1], abs=1e-6)  # lr 0: nothing moved
+
     from qfm_lib import protocol, study
 
     data = study.load_study_data("livec", "tf_efficientnet_lite0", n_images=N_IMAGES)
-    start = protocol.trained_model(protocol.inputs_from_study(data, progress=False), still.start, 0)
+    inp = protocol.inputs_from_study(data, progress=False)
+    start = protocol.trained_model(inp, still.start, 0)
+    images = load_images(list(data.table["path"]), lite0, progress=False)
+    blind = finetune_split(start, lite0, images, data.mos, inp.parts(0), still, progress=False, score_test=False)
+    assert np.isnan(blind["plcc"]) and blind["val_score"] == pytest.approx(tuned["val_score"], abs=1e-9)
+
     model = FinetunedDecoder(lite0, start)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
