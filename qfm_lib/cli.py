@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--output-dir", default="build/finetune", metavar="DIR")
     tune.add_argument("--validation-only", action="store_true",
                       help="score no test part (to choose settings such as --lr on validation)")
-    from .finetune import FinetuneConfig
-    for field, default in FinetuneConfig().__dict__.items():
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
-        tune.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default, help=f"default: {default}")
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["finetune"]:  # not for the other commands:
+        _add_config_arguments(tune)  # FinetuneConfig's module imports torch (2 s at start-up)
     args = parser.parse_args(argv)
     if args.command == "compare":
         return _compare(args)
@@ -96,6 +94,15 @@ def _compare(args) -> int:
         comparison.to_csv(args.output, index=False)
     print(text)
     return 0 if agree else 1
+
+
+def _add_config_arguments(tune: argparse.ArgumentParser) -> None:
+    """One option per FinetuneConfig field, with its default."""
+    from .finetune import FinetuneConfig
+
+    for field, default in FinetuneConfig().__dict__.items():
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        tune.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default, help=f"default: {default}")
 
 
 def _finetune(args) -> int:
