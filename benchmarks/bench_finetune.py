@@ -18,7 +18,7 @@ import torch
 
 from qfm_lib import protocol, study
 from qfm_lib.backbones import load_backbone
-from qfm_lib.finetune import FinetuneConfig, FinetunedDecoder, load_images, predict
+from qfm_lib.finetune import FinetuneConfig, FinetunedDecoder, image_batch, load_images, predict
 
 
 def main() -> None:
@@ -36,13 +36,10 @@ def main() -> None:
     model = FinetunedDecoder(backbone, start).to(cfg.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(0)
-    w = start.config.window
 
     def step(rows: np.ndarray) -> None:
-        x = torch.stack([images[r] for r in rows]).to(cfg.device).float()
-        cells = model.cells(x)
-        h, wd = cells.shape[1:3]
-        score = model.window_scores(cells, rng.integers(0, h - w + 1, len(rows)), rng.integers(0, wd - w + 1, len(rows)), w)
+        cells = model.cells(image_batch(images, rows, cfg.device))
+        score = model.random_window_scores(cells, start.config.window, rng, rows)
         opt.zero_grad()
         score.square().mean().backward()
         opt.step()

@@ -87,11 +87,26 @@ class FinetunedDecoder(nn.Module):
         x = ((x - self.mean) / self.std).flatten(1, 2)  # (B, T, C)
         return self.decoder(x)[0]
 
+    def random_window_scores(self, cells: torch.Tensor, window: int, rng: np.random.Generator,
+                             rows: np.ndarray) -> torch.Tensor:
+        """Scores of one random window per image (uniform over the positions that fit); rows: the images'
+        rows, to name them when their grid is smaller than the window."""
+        h, w = cells.shape[1:3]
+        if window > min(h, w):
+            raise ValueError(f"image rows {list(rows)}: token grid {h}x{w} is smaller than the window {window}")
+        return self.window_scores(cells, rng.integers(0, h - window + 1, len(rows)),
+                                  rng.integers(0, w - window + 1, len(rows)), window)
+
 
 def load_images(paths: list[str], backbone: Backbone, progress: bool = True) -> list[torch.Tensor]:
     """Every image as the backbone's normalised (3, H, W) tensor at native resolution, float16 (kept in
     memory: LIVEC's 1000 images take 1.5 GB)."""
     return [to_tensor(load_rgb(p), backbone).half() for p in tqdm(paths, desc="images", disable=not progress)]
+
+
+def image_batch(images: list[torch.Tensor], rows: np.ndarray, device: str) -> torch.Tensor:
+    """Images `rows` (of one size) as one float32 batch on `device`."""
+    return torch.stack([images[r] for r in rows]).to(device).float()
 
 
 def _by_shape(rows: np.ndarray, images: list[torch.Tensor]) -> list[np.ndarray]:
@@ -114,7 +129,7 @@ def live_tokens(model: FinetunedDecoder, images: list[torch.Tensor], rows: np.nd
         for group in _by_shape(np.asarray(rows), images):
             for start in range(0, len(group), batch):
                 part = group[start:start + batch]
-                x = torch.stack([images[r] for r in part]).to(cfg.device).float()
+                x = image_batch(images, part, cfg.device)
                 for r, c in zip(part, model.cells(x).cpu().numpy()):
                     cells[r] = c
     maps = [cells[r] for r in rows]
@@ -157,14 +172,10 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
             rows = perm[first:first + cfg.batch_images]
             losses = []
             for group in _by_shape(rows, images):
-                x = torch.stack([images[r] for r in group]).to(cfg.device).float()
+                x = image_batch(images, group, cfg.device)
                 with _autocast(cfg):
                     cells = model.cells(x)
-                h, w = cells.shape[1:3]
-                if window > min(h, w):
-                    raise ValueError(f"image row {group[0]}: token grid {h}x{w} is smaller than the window {window}")
-                tops, lefts = rng.integers(0, h - window + 1, len(group)), rng.integers(0, w - window + 1, len(group))
-                score = model.window_scores(cells, tops, lefts, window)
+                score = model.random_window_scores(cells, window, rng, group)
                 losses.append(F.smooth_l1_loss(score, target[group], reduction="sum"))
             yield torch.stack(losses).sum() / len(rows)
 
