@@ -1,7 +1,7 @@
 """End-to-end fine-tuning of the backbone under a token decoder: an option for GPU users, not part
-of the batch. On a 2-core CPU a training step takes about 0.44 s per 500x500 image (forward and
-backward pass of Lite0 with its token maps; benchmarks/bench_finetune.py), and one LIVEC epoch with its
-validation took 6.3-6.6 minutes, so ten splits of ten epochs would take about 11 hours.
+of the batch. On a 2-core CPU a training step took 0.44-0.97 s per 500x500 image in five runs
+(forward and backward pass of Lite0 with its token maps; benchmarks/bench_finetune.py), and one LIVEC
+epoch with its validation took 6.3-6.6 minutes, so ten splits of ten epochs would take about 11 hours.
 
 Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): each split starts from the model
 that a protocol variant's row trained on the frozen, cached tokens of that split (default window
