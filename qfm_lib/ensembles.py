@@ -49,8 +49,8 @@ MEANS: dict[str, tuple[str, ...]] = {
     "window regression + lmc + qfm-iqm (mean)": ("window regression (EMA)", "lmc", "qfm-iqm (gate+adversarial matching)"),
 }
 ALL_VARIANTS: list[str] = protocol.ALL_VARIANTS + list(MEANS)
-# Member kinds whose models a final mean can hold, with the predict.py kind of their models.
-MEMBER_MODEL_KINDS = {"decoder": "token-decoder", "lmc-windows": "token-decoder", "lmc": "pooled-crops"}
+# A final mean holds its members' kept models (the kinds in protocol.KEPT_KINDS); predict.py's kind of each.
+PREDICT_KIND = {TrainedDecoder: "token-decoder", TrainedCrops: "pooled-crops"}
 _CODE = digest(protocol._code_only(Path(__file__).read_text()))
 
 
@@ -81,11 +81,11 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> TrainedDecoder | TrainedCrops:
-    """The model that `member`'s row trained on `split` (kinds in MEMBER_MODEL_KINDS), kept beside the row
+    """The model that `member`'s row trained on `split` (kinds in protocol.KEPT_KINDS), kept beside the row
     by the protocol."""
     v = inp.variant(member)
-    if v.kind not in MEMBER_MODEL_KINDS:
-        raise ValueError(f"{member!r} ({v.kind}) has no model a mean can keep; kinds that do: {sorted(MEMBER_MODEL_KINDS)}")
+    if v.kind not in protocol.KEPT_KINDS:
+        raise ValueError(f"{member!r} ({v.kind}) has no model a mean can keep; kinds that do: {sorted(protocol.KEPT_KINDS)}")
     return protocol.trained_model(inp, member, split)
 
 
@@ -98,7 +98,7 @@ def _model_scorer(inp: protocol.ProtocolInputs, model: TrainedDecoder | TrainedC
 
 def _member_scorer(inp: protocol.ProtocolInputs, member: str, split: int) -> Callable[[np.ndarray], np.ndarray]:
     """Predictions (rows -> MOS scale) of the model that `member`'s row trained on `split`."""
-    if inp.variant(member).kind not in MEMBER_MODEL_KINDS:
+    if inp.variant(member).kind not in protocol.KEPT_KINDS:
         return protocol._fit(inp, member, split)[0]  # the row's own fit, refitted (deterministic)
     return _model_scorer(inp, member_model(inp, member, split))
 
@@ -174,9 +174,9 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
 
 def final_candidates(variants: list[str], inp: protocol.ProtocolInputs) -> list[str]:
     """The variants of `variants` that can be a final model for `qfm predict`: registry variants of
-    protocol.FINAL_KINDS, and means whose members all keep a model (MEMBER_MODEL_KINDS)."""
+    protocol.FINAL_KINDS, and means whose members all keep a model (protocol.KEPT_KINDS)."""
     return [v for v in variants
-            if (v in MEANS and all(inp.variant(m).kind in MEMBER_MODEL_KINDS for m in members(v)))
+            if (v in MEANS and all(inp.variant(m).kind in protocol.KEPT_KINDS for m in members(v)))
             or (v not in MEANS and inp.variant(v).kind in protocol.FINAL_KINDS)]
 
 
@@ -187,7 +187,7 @@ def fit_final(inp: protocol.ProtocolInputs, name: str, results: pd.DataFrame):
     if name not in MEANS:
         return protocol.fit_final(inp, name, results)
     if name not in final_candidates([name], inp):
-        raise ValueError(f"{name!r} cannot be a final model: each member needs one of {sorted(MEMBER_MODEL_KINDS)}")
+        raise ValueError(f"{name!r} cannot be a final model: each member needs one of {sorted(protocol.KEPT_KINDS)}")
     splits = sorted(int(s) for s in results.loc[results.variant == name, "split"])
     if not splits:
         raise ValueError(f"results hold no rows of {name!r}: evaluate it first")
@@ -197,7 +197,7 @@ def fit_final(inp: protocol.ProtocolInputs, name: str, results: pd.DataFrame):
             models = [member_model(inp, m, s) for s in splits]
             for s, model in zip(splits, models):
                 _check_reproduces(inp, m, s, _model_scorer(inp, model))
-            groups.append((m, MEMBER_MODEL_KINDS[inp.variant(m).kind], models))
+            groups.append((m, PREDICT_KIND[type(models[0])], models))
     info = {"variant": name, "members": list(members(name)), "splits": splits,
             "final": "each member's models of these protocol splits, averaged; the members averaged"}
     return predict.MeanOfModels(groups), "mean", info

@@ -214,3 +214,18 @@ def test_exported_graph_handles_odd_image_sizes(lite0, tmp_path):
     for a, b in zip(fast(x), ref(x)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
+
+
+def test_torch_engine_leaves_the_callers_backbone_alone(lite0):
+    import torch
+
+    weight = lite0.model.conv_stem.weight
+    was_training, was_ptr = lite0.model.training, weight.data_ptr()
+    lite0.model.train()
+    try:
+        F.forward_engine(lite0, "torch")
+        assert lite0.model.training  # not switched to eval
+        assert lite0.model.conv_stem.weight.data_ptr() == was_ptr  # not converted to channels-last in place
+        assert lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.contiguous_format)
+    finally:
+        lite0.model.train(was_training)

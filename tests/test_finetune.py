@@ -53,8 +53,7 @@ def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
     data = study.load_study_data("livec", "tf_efficientnet_lite0", n_images=N_IMAGES)
     inp = protocol.inputs_from_study(data, progress=False)
     start = protocol.trained_model(inp, still.start, 0)
-    # a fresh backbone, as finetune_study loads one: the session's `lite0` may have been converted to
-    # channels-last by another test (TorchEngine), which moves the scores in the 5th decimal
+    # a fresh backbone, as finetune_study loads one
     fresh = load_backbone("tf_efficientnet_lite0")
     images = load_images(list(data.table["path"]), fresh, progress=False)
     blind = finetune_split(start, fresh, images, data.mos, inp.parts(0), still, progress=False, score_test=False)

@@ -1,7 +1,7 @@
 """Validation-only exploration: would other members improve the two-model mean?
 
 Rule, fixed before this script was first run (2026-11-29): the candidates are the variants of notebook
-06 whose models a mean can keep (`ensembles.MEMBER_MODEL_KINDS`: the token models and pooled lmc), each
+06 whose models a mean can keep (`protocol.KEPT_KINDS`: the token models and pooled lmc), each
 the model its own protocol row trained on the split. Greedy forward selection with equal weights,
 starting from no member: each step adds the candidate that most raises the median over the 10 committed
 splits of the validation score (SRCC + PLCC) / 2 of the equal-weight mean; it stops when the best
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qfm_lib import ensembles, study
+from qfm_lib import ensembles, protocol, study
 from qfm_lib.metrics import selection_score
 from qfm_lib.protocol import inputs_from_study
 
@@ -39,7 +39,7 @@ inputs = inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0
 notebook = json.load(open("notebooks/06_results_tables.ipynb"))
 params = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
 variants = next(eval(line.split("=", 1)[1]) for line in params["source"] if line.startswith("variants ="))
-candidates = [v for v in variants if v in inputs.variants and inputs.variant(v).kind in ensembles.MEMBER_MODEL_KINDS]
+candidates = [v for v in variants if v in inputs.variants and inputs.variant(v).kind in protocol.KEPT_KINDS]
 
 val_preds = {}  # (variant, split) -> validation predictions
 for v in candidates:
