@@ -12,7 +12,7 @@ resampled t-test's 95 % interval, Holm over the four rows below):
 - qfm-iqm against the decoder, PLCC and SRCC: the study's null replicates if both intervals include 0;
 - window regression + lmc (mean) against ridge, PLCC and SRCC: the study's finding (PLCC ahead after
   Holm) replicates if the PLCC row's Holm p is below 0.05.
-About 35 min of row time, two rows at a time. Run from the repository root with QFM_DATA_ROOT set:
+About 9 min on 2 cores (two rows at a time). Run from the repository root with QFM_DATA_ROOT set:
 
     python docs/explorations/seed_replicate.py
 """
