@@ -179,8 +179,11 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
                 losses.append(F.smooth_l1_loss(score, target[group], reduction="sum"))
             yield torch.stack(losses).sum() / len(rows)
 
+    val_preds = []  # the start's validation predictions, then each epoch's
+
     def val_score(scorer: FinetunedDecoder) -> float:
-        return selection_score(predict(scorer, start, images, val, cfg), y[val])
+        val_preds.append(predict(scorer, start, images, val, cfg))
+        return selection_score(val_preds[-1], y[val])
 
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     start_score = val_score(model.eval())
@@ -189,7 +192,7 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
         state, best_epoch = initial, -1
     model.load_state_dict(state)
     model.eval()
-    val_pred = predict(model, start, images, val, cfg)
+    val_pred = val_preds[best_epoch + 1]  # the kept weights' own predictions, not a second pass
     val_m = iqa_metrics(val_pred, y[val])
     test_m = iqa_metrics(predict(model, start, images, test, cfg), y[test]) if score_test else {}
     return {**{k: test_m.get(k, np.nan) for k in TEST_METRICS}, "val_score": selection_score(val_pred, y[val]),

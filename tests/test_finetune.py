@@ -47,6 +47,8 @@ def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
         assert tuned[metric] == pytest.approx(frozen[metric], abs=2e-3), metric
 
     assert tuned["val_by_epoch"][0] == pytest.approx(tuned["val_by_epoch"][1], abs=1e-6)  # lr 0: nothing moved
+    # the row's validation score is the kept epoch's (index 0: the start)
+    assert tuned["val_score"] == pytest.approx(tuned["val_by_epoch"][int(tuned["best_epoch"]) + 1], abs=1e-4)
 
     from qfm_lib import protocol, study
 
