@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--output-dir", default="build/finetune", metavar="DIR")
     tune.add_argument("--validation-only", action="store_true",
                       help="score no test part (to choose settings such as --lr on validation)")
+    tune.add_argument("--lr-grid", nargs="+", type=float, default=(), metavar="LR",
+                      help="learning rates each split chooses from on its validation part (instead of --lr)")
     if (sys.argv[1:] if argv is None else argv)[:1] == ["finetune"]:  # not for the other commands:
         _add_config_arguments(tune)  # FinetuneConfig's module imports torch (2 s at start-up)
     args = parser.parse_args(argv)
@@ -114,14 +116,15 @@ def _finetune(args) -> int:
     try:
         cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
         rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
-                                          score_test=not args.validation_only)
+                                          score_test=not args.validation_only, lr_grid=args.lr_grid)
     except ValueError as err:
         print(f"qfm finetune: {err}", file=sys.stderr)
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_"),
-                     f"lr{cfg.lr:g}"] + (["validation_only"] if args.validation_only else []))
+                     "lr" + ("-".join(f"{lr:g}" for lr in args.lr_grid) if args.lr_grid else f"{cfg.lr:g}")]
+                    + (["validation_only"] if args.validation_only else []))
     rows.to_csv(out / f"{stem}_rows.csv", index=False)
     print(rows.groupby("variant", sort=False)[["plcc", "srcc", "val_score", "fit_seconds"]].median().round(4))
     if comparison is not None:

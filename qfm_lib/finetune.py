@@ -13,12 +13,14 @@ part picks the epoch (early stopping), and its test part is scored once, with th
 evaluation windows (TrainedDecoder.predict on the live token maps).
 
     qfm finetune --splits 0 1 2 --device cuda        # rows to build/finetune/, with the paired comparison
+    qfm finetune --device cuda --lr-grid 3e-6 1e-5 3e-5   # each split chooses its rate on validation
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -150,17 +152,14 @@ def predict(model: FinetunedDecoder, start: TrainedDecoder, images: list[torch.T
     return _scorer(model, start).predict(tokens, np.arange(len(rows)))
 
 
-def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch.Tensor], y: np.ndarray,
-                   parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool = True,
-                   score_test: bool = True) -> dict:
-    """Fine-tune from `start` (a model trained on this split's frozen tokens) on parts["train"], early
-    stopping on parts["val"], where the start itself is a candidate (best_epoch -1: no epoch scored
-    higher on validation); then score parts["test"] once (unless not score_test: test metrics NaN, for
-    choosing settings). Returns the metrics, the epoch kept and the validation score of each epoch
-    (the start's first)."""
+def _fit_split(start: TrainedDecoder, backbone: Backbone, images: list[torch.Tensor], y: np.ndarray,
+               parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool) -> tuple[FinetunedDecoder, dict]:
+    """Fine-tune from `start` on parts["train"] at cfg.lr, early stopping on parts["val"], where the start
+    itself is a candidate (best_epoch -1: no epoch scored higher on validation). Returns the model with
+    the kept weights, in eval mode, and its validation record; no test part is read."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    train, val, test = parts["train"], parts["val"], parts["test"]
+    train, val = parts["train"], parts["val"]
     window = start.config.window
     model = FinetunedDecoder(backbone, start).to(cfg.device)
     target = torch.from_numpy(((y - start.y_mean) / start.y_std).astype(np.float32)).to(cfg.device)
@@ -194,20 +193,42 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
     model.eval()
     val_pred = val_preds[best_epoch + 1]  # the kept weights' own predictions, not a second pass
     val_m = iqa_metrics(val_pred, y[val])
+    return model, {"val_score": selection_score(val_pred, y[val]), "val_plcc": val_m["plcc"],
+                   "val_srcc": val_m["srcc"], "best_epoch": best_epoch,
+                   "fit_seconds": round(time.perf_counter() - began, 1),
+                   "val_by_epoch": [round(start_score, 4)] + [round(h["val_score"], 4) for h in history]}
+
+
+def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch.Tensor], y: np.ndarray,
+                   parts: dict[str, np.ndarray], cfg: FinetuneConfig, progress: bool = True,
+                   score_test: bool = True, lr_grid: Sequence[float] = ()) -> dict:
+    """Fine-tune from `start` (a model trained on this split's frozen tokens) on parts["train"], early
+    stopping on parts["val"] (_fit_split); with lr_grid, once per learning rate, keeping the one whose
+    kept weights score highest on validation (ties: the first), as the matching strength is chosen per
+    split. Then score parts["test"] once (unless not score_test: test metrics NaN, for choosing
+    settings). Returns the metrics, the learning rate and epoch kept, the validation score of each epoch
+    (the start's first) and, with a grid, of each learning rate."""
+    best, by_lr, seconds = None, {}, 0.0
+    for lr in lr_grid or (cfg.lr,):
+        model, info = _fit_split(start, backbone, images, y, parts, replace(cfg, lr=lr), progress)
+        by_lr[lr], seconds = round(info["val_score"], 4), seconds + info["fit_seconds"]
+        if best is None or info["val_score"] > best[1]["val_score"]:
+            best = (model, {**info, "lr": lr})
+    model, info = best
+    test = parts["test"]
     test_m = iqa_metrics(predict(model, start, images, test, cfg), y[test]) if score_test else {}
-    return {**{k: test_m.get(k, np.nan) for k in TEST_METRICS}, "val_score": selection_score(val_pred, y[val]),
-            "val_plcc": val_m["plcc"], "val_srcc": val_m["srcc"], "best_epoch": best_epoch,
-            "fit_seconds": round(time.perf_counter() - began, 1),
-            "val_by_epoch": [round(start_score, 4)] + [round(h["val_score"], 4) for h in history]}
+    return {**{k: test_m.get(k, np.nan) for k in TEST_METRICS}, **info, "fit_seconds": round(seconds, 1),
+            **({"val_by_lr": by_lr} if lr_grid else {})}
 
 
 def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: FinetuneConfig,
                    n_images: int | None = None, progress: bool = True,
-                   score_test: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                   score_test: bool = True, lr_grid: Sequence[float] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """finetune_split on each split, beside the start variant's own row. Returns one row per (variant,
     split) in the protocol's columns, the fine-tuned variant named "<start>, fine-tuned", and, with two
     splits or more, the paired comparison of the fine-tuned rows with the start's (stats.compare).
-    score_test False: validation only (every test metric NaN, no comparison), to choose settings."""
+    score_test False: validation only (every test metric NaN, no comparison), to choose settings.
+    lr_grid: learning rates that each split chooses from on its validation part (else cfg.lr)."""
     from . import protocol, study
     from . import stats as S
 
@@ -216,6 +237,8 @@ def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: Fin
     if unknown:
         raise ValueError(f"splits {unknown} are not in data/splits/{dataset}.csv "
                          f"({data.splits.filter(like='split_').shape[1]} splits)")
+    for lr in lr_grid:
+        replace(cfg, lr=lr)  # a bad rate fails here, before any training
     inp = protocol.inputs_from_study(data, progress=progress)
     kind = inp.variant(cfg.start).kind
     if kind not in protocol.TOKEN_KINDS:
@@ -229,11 +252,13 @@ def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: Fin
         rows.append({"variant": frozen["variant"], "split": split,
                      **{k: frozen[k] if score_test else np.nan for k in TEST_METRICS},
                      **{k: frozen[k] for k in ("val_score", "val_plcc", "val_srcc", "fit_seconds")}})
-        tuned = finetune_split(start, backbone, images, data.mos, inp.parts(split), cfg, progress, score_test)
-        rows.append({"variant": f"{cfg.start}, fine-tuned", "split": split, **tuned, "settings": asdict(cfg)})
+        tuned = finetune_split(start, backbone, images, data.mos, inp.parts(split), cfg, progress, score_test,
+                               lr_grid)
+        rows.append({"variant": f"{cfg.start}, fine-tuned", "split": split, **tuned,
+                     "settings": {**asdict(cfg), "lr": tuned["lr"]}})
         if progress:
             print(f"split {split}: validation {frozen['val_score']:.4f} frozen, {tuned['val_score']:.4f} fine-tuned "
-                  f"(epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)"
+                  f"(lr {tuned['lr']:g}, epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)"
                   + (f"; test PLCC/SRCC {frozen['plcc']:.3f}/{frozen['srcc']:.3f} frozen, "
                      f"{tuned['plcc']:.3f}/{tuned['srcc']:.3f} fine-tuned" if score_test else ""))
     rows = pd.DataFrame(rows)

@@ -33,6 +33,46 @@ def test_cli_names_an_unknown_split(on_data_root, capsys):
     assert "splits [12] are not in data/splits/livec.csv" in capsys.readouterr().err
 
 
+def test_cli_rejects_a_bad_rate_in_the_grid(on_data_root, capsys):
+    from qfm_lib.cli import main
+
+    assert main(["finetune", "--splits", "0", "--n-images", str(N_IMAGES), "--device", "cpu",
+                 "--lr-grid", "1e-5", "-1"]) == 2
+    assert "lr and weight_decay must be >= 0" in capsys.readouterr().err
+
+
+def test_lr_grid_keeps_the_rate_validation_prefers_and_scores_test_once(monkeypatch):
+    """Each rate of the grid is fitted; the one whose kept weights score highest on validation (the
+    first of a tie) is kept, and only its model scores the test part."""
+    from qfm_lib import finetune
+
+    val_scores = {1e-5: 0.80, 3e-5: 0.83, 1e-4: 0.83}
+    fitted, scored = [], []
+
+    def fake_fit(start, backbone, images, y, parts, cfg, progress):
+        fitted.append(cfg.lr)
+        return f"model at {cfg.lr:g}", {"val_score": val_scores[cfg.lr], "val_plcc": 0.0, "val_srcc": 0.0,
+                                        "best_epoch": 0, "fit_seconds": 1.5, "val_by_epoch": []}
+
+    def fake_predict(model, start, images, rows, cfg):
+        scored.append(model)
+        return y[rows] + np.sin(rows)
+
+    monkeypatch.setattr(finetune, "_fit_split", fake_fit)
+    monkeypatch.setattr(finetune, "predict", fake_predict)
+    y = np.linspace(5.0, 95.0, 30)
+    parts = {"train": np.arange(15), "val": np.arange(15, 20), "test": np.arange(20, 30)}
+    cfg = FinetuneConfig(device="cpu")
+    row = finetune_split(None, None, None, y, parts, cfg, progress=False, lr_grid=tuple(val_scores))
+    assert fitted == list(val_scores) and scored == ["model at 3e-05"]
+    assert row["lr"] == 3e-5 and row["val_score"] == 0.83 and row["val_by_lr"] == val_scores
+    assert row["fit_seconds"] == 4.5 and np.isfinite(row["plcc"])
+
+    fitted.clear(), scored.clear()
+    row = finetune_split(None, None, None, y, parts, cfg, progress=False)  # no grid: cfg.lr
+    assert fitted == [cfg.lr] and row["lr"] == cfg.lr and "val_by_lr" not in row
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_at_the_frozen_model_and_learns(on_data_root, lite0):
     """With lr 0 nothing moves: the fine-tuned row scores the test part as the frozen row does (live token
