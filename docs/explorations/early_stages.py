@@ -25,7 +25,6 @@ About 2 min of extraction and 6 min of training on 2 cores. Writes docs/explorat
 
     python docs/explorations/early_stages.py
 """
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +39,10 @@ from qfm_lib.backbones import load_backbone
 from qfm_lib.decoder import TokenSet
 from qfm_lib.features import to_tensor
 from qfm_lib.images import load_rgb
-from qfm_lib.local_manifold import fit_manifold_decoder
 from qfm_lib.metrics import selection_score
 
-VARIANT = "window regression (EMA)"
+from _window_regression import protocol_validation_predictions, validation_predictions  # this folder
+
 EARLY = 4  # the stem and blocks 0-2
 SPLITS = (6, 7, 8, 9)
 SEEDS = (0, 1)
@@ -70,13 +69,6 @@ def early_cells(paths: list[str], grids: np.ndarray) -> np.ndarray:
     return torch.cat(out).half().numpy()
 
 
-def validation_predictions(tokens: TokenSet, inputs: protocol.ProtocolInputs, split: int, seed: int) -> np.ndarray:
-    torch.set_num_threads(1)  # as the protocol's workers
-    cfg = replace(inputs.variant(VARIANT).config, seed=seed)
-    parts = inputs.parts(split)
-    return fit_manifold_decoder(tokens, inputs.y, parts, cfg).predict(tokens, parts["val"])
-
-
 def main() -> None:
     data = study.load_study_data("livec", "tf_efficientnet_lite0", n_crops=5)
     inputs = protocol.inputs_from_study(data)
@@ -92,9 +84,7 @@ def main() -> None:
         for with_early, split, seed in jobs)
     pred = {("early" if e else "cached", split, seed): p for (e, split, seed), p in zip(jobs, preds)}
     for split in SPLITS:  # seed 0 on the cached maps: the protocol's models
-        val = inputs.parts(split)["val"]
-        pred["cached", split, 0] = protocol.trained_model(inputs, VARIANT, split).predict(inputs.tokens, val)
-        pred["lmc", split, 0] = protocol.trained_model(inputs, "lmc", split).predict(inputs.crops[val])
+        pred["cached", split, 0], pred["lmc", split, 0] = protocol_validation_predictions(inputs, split)
 
     rows = []
     for split in SPLITS:

@@ -21,7 +21,6 @@ about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
 
     python docs/explorations/mean_members.py
 """
-import ast
 import json
 
 import numpy as np

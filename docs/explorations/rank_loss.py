@@ -28,7 +28,6 @@ QFM_DATA_ROOT set:
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from joblib import Parallel, delayed

@@ -26,31 +26,22 @@ root with QFM_DATA_ROOT set:
 
     python docs/explorations/two_scales.py
 """
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from joblib import Parallel, delayed
 
 from qfm_lib import protocol, study
 from qfm_lib.decoder import TokenSet
 from qfm_lib.features import FeatureSpec, extract_features
-from qfm_lib.local_manifold import fit_manifold_decoder
 from qfm_lib.metrics import selection_score
 
-VARIANT = "window regression (EMA)"
+from _window_regression import protocol_validation_predictions, validation_predictions  # this folder
+
 HALF_SIDE = 256
 SPLITS = (6, 7, 8, 9)
 SEEDS = (0, 1)
-
-
-def validation_predictions(tokens: TokenSet, inputs: protocol.ProtocolInputs, split: int, seed: int) -> np.ndarray:
-    torch.set_num_threads(1)  # as the protocol's workers
-    cfg = replace(inputs.variant(VARIANT).config, seed=seed)
-    parts = inputs.parts(split)
-    return fit_manifold_decoder(tokens, inputs.y, parts, cfg).predict(tokens, parts["val"])
 
 
 def main() -> None:
@@ -67,9 +58,7 @@ def main() -> None:
         for scale, split, seed in jobs)
     pred = dict(zip(jobs, preds))
     for split in SPLITS:  # seed 0 at the native scale: the protocol's models (its rows' validation scores)
-        val = inputs.parts(split)["val"]
-        pred["full", split, 0] = protocol.trained_model(inputs, VARIANT, split).predict(inputs.tokens, val)
-        pred["lmc", split, 0] = protocol.trained_model(inputs, "lmc", split).predict(inputs.crops[val])
+        pred["full", split, 0], pred["lmc", split, 0] = protocol_validation_predictions(inputs, split)
 
     rows = []
     for split in SPLITS:
