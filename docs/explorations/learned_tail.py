@@ -31,6 +31,7 @@ root with QFM_DATA_ROOT set:
 
     python docs/explorations/learned_tail.py
 """
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,15 +124,20 @@ class TailDecoder(decoder.QualityDecoder):
             return self._decode(self.proj(self._gated(torch.cat(maps)[windows])), False)[0].float()
 
 
-def use_tail(tokens: decoder.TokenSet, rate: float) -> None:
-    """Make fit_decoder build TailDecoders, their tail normalised with the token set's statistics at
-    the time (fit_decoder sets them from the training part before it builds a model). This process only."""
-    backbone = load_backbone()
+@contextlib.contextmanager
+def tail_decoders(tokens: decoder.TokenSet, rate: float):
+    """Within the block, fit_decoder builds TailDecoders, their tail normalised with the token set's
+    statistics at the time (fit_decoder sets them from the training part before it builds a model)."""
+    backbone, original = load_backbone(), decoder.QualityDecoder
 
     def build(channels: int, cfg: decoder.DecoderConfig) -> TailDecoder:
         return TailDecoder(channels, cfg, LearnedTail(backbone, tokens.mean, tokens.std, rate))
 
     decoder.QualityDecoder = build
+    try:
+        yield
+    finally:  # a worker's next task unpickles TailDecoder, whose base is looked up here
+        decoder.QualityDecoder = original
 
 
 def reproduction_error(inputs: protocol.ProtocolInputs, rows: np.ndarray) -> pd.DataFrame:
@@ -151,10 +157,10 @@ def reproduction_error(inputs: protocol.ProtocolInputs, rows: np.ndarray) -> pd.
 
 def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, rate: float) -> dict:
     torch.set_num_threads(1)  # as the protocol's workers
-    use_tail(inputs.tokens, rate)
     cfg = replace(inputs.variant(VARIANT).config, seed=seed)
     parts = inputs.parts(split)
-    model = fit_manifold_decoder(inputs.tokens, inputs.y, parts, cfg)
+    with tail_decoders(inputs.tokens, rate):
+        model = fit_manifold_decoder(inputs.tokens, inputs.y, parts, cfg)
     pred, y_val = model.predict(inputs.tokens, parts["val"]), inputs.y[parts["val"]]
     m = iqa_metrics(pred, y_val)
     return {"split": split, "seed": seed, "rate": rate, "val_score": selection_score(pred, y_val),
