@@ -2,9 +2,12 @@
 
 DEIQT (Qin et al., AAAI 2023) reads a backbone's tokens with a transformer decoder whose learnable
 quality query cross-attends them. Here the backbone stays frozen and its token maps are cached
-(features.py: 2176 channels per cell of the stride-32 grid), so only the decoder learns:
+(features.py: 2176 channels per cell of the stride-32 grid), so only the decoder learns (and, if asked,
+a copy of the backbone's last stage):
 
     tokens (B, T, C), z-scored per channel with the training images' statistics
+    -> [learned tail (tail.py, cfg.tail_rate > 0): the backbone's last stage recomputes the block6 and
+       head channels from each window's block5 channels, and learns]
     -> channel gate: x * 2·sigmoid(MLP(mean_T x))  (input-conditioned, per channel, identity at init;
        QFM-IQM's adaptive feature selection on the upstream features; off: x unchanged)
     -> projection C -> d, LayerNorm
@@ -39,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .metrics import selection_score
+from .tail import LearnedTail
 from .training import run_epochs
 
 
@@ -63,6 +67,8 @@ class DecoderConfig:
     dist_quantile: float = 0.8
     # distillation: teacher-labelled extra views (0 = off)
     distill_weight: float = 0.0
+    # the backbone's last stage learning with the decoder at this fraction of lr (tail.py; 0 = off)
+    tail_rate: float = 0.0
     # local-manifold contrast (0 = off)
     n_windows: int = 1              # windows per image per step
     contrastive_weight: float = 0.0
@@ -88,6 +94,8 @@ class DecoderConfig:
                              f"n_windows={self.n_windows}")
         if self.anchor not in ("learned", "spectral", "random"):
             raise ValueError(f"anchor must be learned, spectral or random, got {self.anchor!r}")
+        if self.tail_rate < 0:
+            raise ValueError(f"tail_rate must be >= 0, got {self.tail_rate}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
 
@@ -110,11 +118,12 @@ def table_dtype(cfg: DecoderConfig) -> torch.dtype:
 
 
 class QualityDecoder(nn.Module):
-    """Channel gate -> projection -> quality query cross-attending the tokens -> score."""
+    """[learned tail ->] channel gate -> projection -> quality query cross-attending the tokens -> score."""
 
-    def __init__(self, channels: int, cfg: DecoderConfig):
+    def __init__(self, channels: int, cfg: DecoderConfig, tail: LearnedTail | None = None):
         super().__init__()
         self.bf16 = precision(cfg) == "bf16"
+        self.tail = tail
         self.gate = nn.Sequential(nn.Linear(channels, cfg.gate_hidden), nn.ReLU(),
                                   nn.Linear(cfg.gate_hidden, channels)) if cfg.gated else None
         if self.gate is not None:
@@ -137,7 +146,7 @@ class QualityDecoder(nn.Module):
         if self.gate is None:
             return torch.ones(x[..., 0, :].shape)
         with self._autocast():
-            return self._gate(x).float()
+            return self._gate(self._tailed(x)).float()
 
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
         return 2 * torch.sigmoid(self.gate(x.sum(-2) / x.shape[-2]))  # sum: ~6x faster than mean in bf16
@@ -145,7 +154,11 @@ class QualityDecoder(nn.Module):
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
+    def _tailed(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.tail is None else self.tail(x)
+
     def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._tailed(x)
         return x if self.gate is None else x * self._gate(x).unsqueeze(-2)
 
     def forward(self, x: torch.Tensor, need_attention: bool = False):
@@ -188,10 +201,13 @@ class QualityDecoder(nn.Module):
         """Scores of windows that share cells, each cell projected once: maps, (n_i, C) token maps
         whose cells, one map after the other, `windows` (W, T) indexes -> (W,) float32, as forward()
         on each window gives them in eval mode. Needs a model without a gate (the gate depends on
-        each window's mean, so each window has its own projection)."""
+        each window's mean, so each window has its own projection). With a learned tail, each window
+        is read through the tail on its own cells, as in training."""
         if self.gate is not None:
             raise ValueError("a gated decoder projects each window with its own gate: use forward()")
         with self._autocast():
+            if self.tail is not None:
+                return self._decode(self.proj(self.tail(torch.cat(maps)[windows])), False)[0].float()
             return self._decode(torch.cat([self.proj(m) for m in maps])[windows], False)[0].float()
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -242,9 +258,11 @@ class TokenSet:
     """Token maps of a set of images, and per-channel normalisation from given (training) rows.
 
     tokens: (total cells, C), every image's cells row-major, image after image (fp16, memory-mapped
-    is fine); grid: (N, 2) each image's rows and columns."""
+    is fine); grid: (N, 2) each image's rows and columns; backbone: the timm name of the backbone that
+    wrote them (needed by a decoder with a learned tail)."""
 
-    def __init__(self, tokens: np.ndarray, grid: np.ndarray, names: list[str] | None = None):
+    def __init__(self, tokens: np.ndarray, grid: np.ndarray, names: list[str] | None = None,
+                 backbone: str | None = None):
         self.grid = np.asarray(grid, dtype=np.int64).reshape(-1, 2)
         cells = self.grid.prod(1)
         if tokens.ndim != 2 or len(tokens) != cells.sum():
@@ -253,6 +271,7 @@ class TokenSet:
         self.tokens = tokens
         self.offsets = np.concatenate([[0], np.cumsum(cells)[:-1]])
         self.names = names or [str(i) for i in range(len(self.grid))]
+        self.backbone = backbone
         self.mean = np.zeros(tokens.shape[1], np.float32)
         self.std = np.ones(tokens.shape[1], np.float32)
         self._stats = None
@@ -493,7 +512,9 @@ class TrainedDecoder:
     def from_state(cls, state: dict) -> "TrainedDecoder":
         cfg = DecoderConfig(**state["config"])
         mean = np.asarray(state["tokens_mean"], dtype=np.float32)
-        model = QualityDecoder(len(mean), cfg)
+        tail = LearnedTail.from_state({k[5:]: v for k, v in state["state_dict"].items() if k.startswith("tail.")},
+                                      cfg.tail_rate) if cfg.tail_rate else None
+        model = QualityDecoder(len(mean), cfg, tail)
         model.load_state_dict(state["state_dict"])
         return cls(model.eval(), mean, np.asarray(state["tokens_std"], dtype=np.float32), state["y_mean"],
                    state["y_std"], cfg, state["best_epoch"], list(state.get("history", [])))
@@ -514,6 +535,16 @@ class Batch:
 
 
 ExtraTerm = Callable[[QualityDecoder, Batch], torch.Tensor]
+
+
+def _tail(tokens: TokenSet, cfg: DecoderConfig) -> LearnedTail | None:
+    """The learned tail of a config with tail_rate, normalised as the tokens are now (the training part's
+    statistics, set before the model is built)."""
+    if not cfg.tail_rate:
+        return None
+    if tokens.backbone is None:
+        raise ValueError("a learned tail (tail_rate > 0) needs to know the tokens' backbone: TokenSet(..., backbone=name)")
+    return LearnedTail.for_tokens(tokens.backbone, tokens.mean, tokens.std, cfg.tail_rate)
 
 
 def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndarray, cfg: DecoderConfig,
@@ -538,7 +569,7 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
     tokens.fit_normalisation(train).keep_normalised(dtype)
     y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
     t_all = torch.from_numpy(((y - y_mean) / y_std).astype(np.float32))
-    model = QualityDecoder(tokens.channels, cfg)
+    model = QualityDecoder(tokens.channels, cfg, _tail(tokens, cfg))
     teacher = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema else None
 
     def epoch_losses():
@@ -577,6 +608,6 @@ def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndar
         return selection_score(scored.predict(tokens, val), y[val])
 
     state, best_epoch, history = run_epochs(model, cfg, epoch_losses, val_score, teacher, keep_last, progress)
-    final = QualityDecoder(tokens.channels, cfg)
+    final = QualityDecoder(tokens.channels, cfg, copy.deepcopy(model.tail))
     final.load_state_dict(state)
     return TrainedDecoder(final.eval(), tokens.mean, tokens.std, y_mean, y_std, cfg, best_epoch, history)
