@@ -1,5 +1,5 @@
 """Does a change's paired validation difference track its baseline's seed luck? (No training; reads the
-CSVs of the three two-seed checks: rank_loss.py, two_scales.py and early_stages.py.)
+CSVs of the four two-seed checks: rank_loss.py, two_scales.py, early_stages.py and learned_tail.py.)
 
 For each check and each (split, seed) pair: the baseline's deviation from the mean of its two seeds on
 that split, and the change's paired difference d (change minus baseline, same split and seed). Prints
@@ -28,6 +28,9 @@ def checks() -> dict[str, pd.DataFrame]:
     rank = pd.read_csv(HERE / "rank_loss.csv").pivot_table(index="split", columns=["weight", "seed"],
                                                             values="val_score")
     out = {f"ranking term, weight {w}": paired(rank[0.0], rank[w]) for w in (0.5, 1.0, 2.0)}
+    tail = pd.read_csv(HERE / "learned_tail.csv").pivot_table(index="split", columns=["rate", "seed"],
+                                                                values="val_score")
+    out |= {f"learned tail, rate {r}": paired(tail[0.0], tail[r]) for r in (0.03, 0.1, 0.3)}
     for name, csv, change, base in [("second scale", "two_scales.csv", "two scales", "full"),
                                     ("early stages", "early_stages.csv", "early", "cached")]:
         table = pd.read_csv(HERE / csv).set_index("split")
