@@ -1,0 +1,71 @@
+"""Validation-only check: should the learned tail learn faster than 0.3 times the decoder's rate?
+
+learned_tail.py chose the tail's rate r from 0.03 / 0.1 / 0.3 (with window regression's lr 1e-3), and
+its gain grew with r up to the largest value tried; tail_settings.py then chose the lr, 3e-4, at r = 0.3.
+So the rate sits at the edge of the grid that chose it, and at lr 3e-4 the tail now learns at about
+9e-5 per step instead of 3e-4. This check extends the grid upwards, with everything else as the
+variant "window regression + learned tail" has it (lr 3e-4 included).
+
+Written before any of its runs (2026-12-05, 12:25). On the validation parts of splits 6-9 (the splits of
+learned_tail.py) with training seeds 0 and 1; no test part is scored and no model is kept. Rates r in
+{0.3 (the variant's, refitted here), 1, 3}.
+Rule: d_r = validation score (SRCC + PLCC) / 2 at rate r minus at rate 0.3, per (split, seed), 8 pairs.
+The r in {1, 3} with the highest mean d_r replaces 0.3 in the study (with every tail row recomputed) if
+its mean d_r >= 0.005 and d_r > 0 on at least 6 of the 8 pairs, the rule of learned_tail.py. Otherwise
+the variant keeps 0.3 and docs/method.md reports the numbers.
+
+Writes docs/explorations/tail_rate.csv (every fit) and prints the verdict. Run from the repository root
+with QFM_DATA_ROOT set (24 fits, about 15 min on 2 cores):
+
+    python docs/explorations/tail_rate.py
+"""
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from joblib import Parallel, delayed
+
+from qfm_lib import protocol, study
+from qfm_lib.local_manifold import fit_manifold_decoder
+from qfm_lib.metrics import iqa_metrics, selection_score
+
+VARIANT = "window regression + learned tail"
+CURRENT, RATES = 0.3, (0.3, 1.0, 3.0)
+SPLITS = (6, 7, 8, 9)
+SEEDS = (0, 1)
+
+
+def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, rate: float) -> dict:
+    torch.set_num_threads(1)  # as the protocol's workers
+    cfg = replace(inputs.variant(VARIANT).config, seed=seed, tail_rate=rate)
+    parts = inputs.parts(split)
+    model = fit_manifold_decoder(inputs.tokens, inputs.y, parts, cfg)
+    pred, y_val = model.predict(inputs.tokens, parts["val"]), inputs.y[parts["val"]]
+    m = iqa_metrics(pred, y_val)
+    return {"split": split, "seed": seed, "rate": rate, "val_score": selection_score(pred, y_val),
+            "val_plcc": m["plcc"], "val_srcc": m["srcc"], "best_epoch": model.best_epoch}
+
+
+def main() -> None:
+    inputs = protocol.inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0"))
+    jobs = [(split, seed, rate) for split in SPLITS for seed in SEEDS for rate in RATES]
+    rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
+        delayed(validation_fit)(inputs, *job) for job in jobs))
+    rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")
+
+    print(rows.groupby("rate")[["val_score", "val_plcc", "val_srcc", "best_epoch"]].median().round(4).to_string())
+    score = rows.pivot_table(index=["split", "seed"], columns="rate", values="val_score")
+    diffs = score.sub(score[CURRENT], axis=0).drop(columns=CURRENT)
+    print("\nd_r per (split, seed):\n" + diffs.round(4).to_string())
+    summary = pd.DataFrame({"mean d_r": diffs.mean(), "positive pairs": (diffs > 0).sum()})
+    print("\n" + summary.round(4).to_string())
+    best = summary["mean d_r"].idxmax()
+    adopted = summary.loc[best, "mean d_r"] >= 0.005 and summary.loc[best, "positive pairs"] >= 6
+    print(f"\nrule: rate {best} {'replaces ' + str(CURRENT) if adopted else 'not adopted'} "
+          f"(mean d_r {summary.loc[best, 'mean d_r']:+.4f}, positive on {int(summary.loc[best, 'positive pairs'])} "
+          f"of {len(diffs)}; needs >= 0.005 and >= 6)")
+
+
+if __name__ == "__main__":
+    main()
