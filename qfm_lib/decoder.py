@@ -201,13 +201,11 @@ class QualityDecoder(nn.Module):
         """Scores of windows that share cells, each cell projected once: maps, (n_i, C) token maps
         whose cells, one map after the other, `windows` (W, T) indexes -> (W,) float32, as forward()
         on each window gives them in eval mode. Needs a model without a gate (the gate depends on
-        each window's mean, so each window has its own projection). With a learned tail, each window
-        is read through the tail on its own cells, as in training."""
-        if self.gate is not None:
-            raise ValueError("a gated decoder projects each window with its own gate: use forward()")
+        each window's mean, so each window has its own projection) and without a learned tail (it
+        reads each window's cells on their own, zero-padded at the window's border)."""
+        if self.gate is not None or self.tail is not None:
+            raise ValueError("a gated decoder or one with a learned tail reads each window on its own: use forward()")
         with self._autocast():
-            if self.tail is not None:
-                return self._decode(self.proj(self.tail(torch.cat(maps)[windows])), False)[0].float()
             return self._decode(torch.cat([self.proj(m) for m in maps])[windows], False)[0].float()
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -463,7 +461,7 @@ class TrainedDecoder:
         owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pos)])
         flat = np.array([q for p in pos for q in p])
         with torch.no_grad():
-            if self.model.gate is None and self.config.window > 0:
+            if self.model.gate is None and self.model.tail is None and self.config.window > 0:
                 scores = self._scores_cells_once(tokens, rows, owner, flat, chunk // 4)
             else:
                 scores = np.concatenate([self.model(tokens.windows(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .backbones import Backbone, load_backbone
 from .features import TOKEN_STAGES, token_channel_names
@@ -34,8 +35,8 @@ _ACTIVATIONS = ("relu6", "relu6", "none", "relu6")  # conv_pw, conv_dw, conv_pwl
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A bias-free convolution followed by an eval-mode batch norm, as one convolution's weight and bias."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return (conv.weight * scale[:, None, None, None]).detach().clone(), (bn.bias - bn.running_mean * scale).detach().clone()
+    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    return w.detach().clone(), b.detach().clone()
 
 
 def _tail_layers(backbone: Backbone) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -67,6 +67,9 @@ def test_tail_errors(real_tokens):
     tail = LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(tokens.channels), np.ones(tokens.channels), 0.3)
     with pytest.raises(ValueError, match="square windows"):
         tail(torch.zeros(1, 6, tokens.channels))
+    model = fit_decoder(tokens, np.arange(10.0), np.arange(7), np.arange(7, 10), replace(TINY, max_epochs=1)).model
+    with pytest.raises(ValueError, match="learned tail reads each window on its own"):
+        model.window_scores_of_maps([torch.zeros(9, tokens.channels)], torch.zeros(1, 9, dtype=torch.long))
     names = token_channel_names(["block5", "head", "block6"], [4, 8, 6])
     with pytest.raises(ValueError, match="end with block5, block6, head"):
         tail_channels(names)
