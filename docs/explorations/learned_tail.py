@@ -35,7 +35,6 @@ root with QFM_DATA_ROOT set:
 
     python docs/explorations/learned_tail.py
 """
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +43,9 @@ import torch
 from joblib import Parallel, delayed
 
 from qfm_lib import protocol, study
-from qfm_lib.local_manifold import fit_manifold_decoder
-from qfm_lib.metrics import iqa_metrics, selection_score
 from qfm_lib.tail import LearnedTail
+
+from _window_regression import validation_scores  # this folder
 
 VARIANT = "window regression (EMA)"
 RATES = (0.03, 0.1, 0.3)
@@ -73,14 +72,7 @@ def reproduction_error(inputs: protocol.ProtocolInputs, rows: np.ndarray) -> pd.
 
 
 def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, rate: float) -> dict:
-    torch.set_num_threads(1)  # as the protocol's workers
-    cfg = replace(inputs.variant(VARIANT).config, seed=seed, tail_rate=rate)
-    parts = inputs.parts(split)
-    model = fit_manifold_decoder(inputs.tokens, inputs.y, parts, cfg)
-    pred, y_val = model.predict(inputs.tokens, parts["val"]), inputs.y[parts["val"]]
-    m = iqa_metrics(pred, y_val)
-    return {"split": split, "seed": seed, "rate": rate, "val_score": selection_score(pred, y_val),
-            "val_plcc": m["plcc"], "val_srcc": m["srcc"], "best_epoch": model.best_epoch}
+    return {"split": split, "seed": seed, "rate": rate, **validation_scores(inputs, split, seed, VARIANT, tail_rate=rate)}
 
 
 def main() -> None:

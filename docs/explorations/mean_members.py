@@ -14,7 +14,11 @@ Runs: on the float32 rows of 2026-11-29 it chose the decoder and lmc ("decoder +
 the rows of 2026-12-05 (batches of 16, the rerun settings search) it chose window regression, lmc and
 qfm-iqm (median validation score 0.8516, against 0.8478 for the study's mean; a fourth member, decoder+gate,
 lost 0.0001), which became "window regression + lmc + qfm-iqm (mean)". Test did not confirm either choice
-(notebook 06).
+(notebook 06). Rerun once "window regression + learned tail" joined notebook 06: on its rows at rate 0.3 it
+chose the learned tail, lmc and qfm-iqm (0.8544; never scored on test: the tail's rows changed first); on
+the committed rows (rate 1, docs/explorations/tail_rate.py) the learned tail (0.8399), lmc (0.8487) and
+window regression (0.8535; qfm-iqm as a fourth would have added 0.0004), which became "learned tail + lmc +
+window regression (mean)": test 0.873/0.843, first on test too, level with the first mean within the noise.
 
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
