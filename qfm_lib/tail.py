@@ -12,7 +12,7 @@ are about lr in size, so the tail learns at `rate` times the decoder's rate, and
 back towards the pretrained weights. Each window is read on its own cells, zero-padded at its border as
 a crop of the photo would be (training and evaluation alike). At rate's start (delta 0) the tail
 reproduces the cached block6 and head cells inside a map to about 3e-4 relative error (the fp16 cache;
-docs/explorations/learned_tail.py, which also chose the study's rate on validation).
+docs/explorations/learned_tail.py; the study's rate was chosen on validation there and in tail_rate.py).
 """
 from __future__ import annotations
 
