@@ -1,10 +1,12 @@
-"""What this folder's two-seed token checks (two_scales.py, early_stages.py, learned_tail.py, tail_rate.py)
-share: window regression fitted for one split and seed (on a token set of the check's own, or with
-settings of its own), and the protocol's own seed-0 models of window regression and pooled lmc, each
-scoring a split's validation part."""
+"""What this folder's two-seed token checks (two_scales.py, early_stages.py, rank_loss.py, learned_tail.py,
+tail_rate.py) share: window regression fitted for one split and seed (on a token set of the check's own, or
+with settings of its own), the protocol's own seed-0 models of window regression and pooled lmc, each
+scoring a split's validation part, and the paired rule that rank_loss.py, learned_tail.py and
+tail_rate.py apply to their fits."""
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import torch
 
 from qfm_lib import protocol
@@ -44,3 +46,20 @@ def protocol_validation_predictions(inputs: protocol.ProtocolInputs, split: int)
     val = inputs.parts(split)["val"]
     return (protocol.trained_model(inputs, VARIANT, split).predict(inputs.tokens, val),
             protocol.trained_model(inputs, "lmc", split).predict(inputs.crops[val]))
+
+
+def paired_rule(rows: pd.DataFrame, setting: str, baseline: float, label: str, verdict: str,
+                min_mean: float = 0.005, min_pairs: int = 6) -> None:
+    """Prints the rule of a two-seed check: d = validation score with each value of `setting` minus with
+    `baseline`, per (split, seed); the value with the highest mean d passes ("verdict") if its mean d is at
+    least min_mean and d > 0 on at least min_pairs pairs."""
+    score = rows.pivot_table(index=["split", "seed"], columns=setting, values="val_score")
+    diffs = score.sub(score[baseline], axis=0).drop(columns=baseline)
+    print(f"\n{label} per (split, seed):\n" + diffs.round(4).to_string())
+    summary = pd.DataFrame({f"mean {label}": diffs.mean(), "positive pairs": (diffs > 0).sum()})
+    print("\n" + summary.round(4).to_string())
+    best = summary[f"mean {label}"].idxmax()
+    mean, positive = summary.loc[best, f"mean {label}"], int(summary.loc[best, "positive pairs"])
+    passed = mean >= min_mean and positive >= min_pairs
+    print(f"\nrule: {setting} {best} {verdict if passed else 'not adopted'} "
+          f"(mean {label} {mean:+.4f}, positive on {positive} of {len(diffs)}; needs >= {min_mean} and >= {min_pairs})")

@@ -45,7 +45,7 @@ from joblib import Parallel, delayed
 from qfm_lib import protocol, study
 from qfm_lib.tail import LearnedTail
 
-from _window_regression import validation_scores  # this folder
+from _window_regression import paired_rule, validation_scores  # this folder
 
 VARIANT = "window regression (EMA)"
 RATES = (0.03, 0.1, 0.3)
@@ -89,16 +89,7 @@ def main() -> None:
     rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")
 
     print(rows.groupby("rate")[["val_score", "val_plcc", "val_srcc"]].median().round(4).to_string())
-    score = rows.pivot_table(index=["split", "seed"], columns="rate", values="val_score")
-    diffs = score.sub(score[0.0], axis=0).drop(columns=0.0)
-    print("\nd_r per (split, seed):\n" + diffs.round(4).to_string())
-    summary = pd.DataFrame({"mean d_r": diffs.mean(), "positive pairs": (diffs > 0).sum()})
-    print("\n" + summary.round(4).to_string())
-    best = summary["mean d_r"].idxmax()
-    adopted = summary.loc[best, "mean d_r"] >= 0.005 and summary.loc[best, "positive pairs"] >= 6
-    print(f"\nrule: rate {best} {'worth building' if adopted else 'not adopted'} "
-          f"(mean d_r {summary.loc[best, 'mean d_r']:+.4f}, positive on {int(summary.loc[best, 'positive pairs'])} "
-          f"of {len(diffs)}; needs >= 0.005 and >= 6)")
+    paired_rule(rows, "rate", 0.0, "d_r", "worth building")
 
 
 if __name__ == "__main__":

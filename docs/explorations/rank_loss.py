@@ -37,6 +37,8 @@ from qfm_lib.decoder import Batch, QualityDecoder, fit_decoder
 from qfm_lib.local_manifold import manifold_terms, window_chooser
 from qfm_lib.metrics import iqa_metrics, selection_score
 
+from _window_regression import paired_rule  # this folder
+
 VARIANT = "window regression (EMA)"
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 SPLITS = (6, 7, 8, 9)
@@ -89,16 +91,7 @@ def main() -> None:
     print(f"weight 0, seed 0 against the protocol's rows: largest difference {max(same):.2e}")
 
     print(rows.groupby("weight")[["val_score", "val_plcc", "val_srcc"]].median().round(4).to_string())
-    score = rows.pivot_table(index=["split", "seed"], columns="weight", values="val_score")
-    diffs = score.sub(score[0.0], axis=0).drop(columns=0.0)
-    print("\nd_w per (split, seed):\n" + diffs.round(4).to_string())
-    summary = pd.DataFrame({"mean d_w": diffs.mean(), "positive pairs": (diffs > 0).sum()})
-    print("\n" + summary.round(4).to_string())
-    best = summary["mean d_w"].idxmax()
-    adopted = summary.loc[best, "mean d_w"] >= 0.005 and summary.loc[best, "positive pairs"] >= 6
-    print(f"\nrule: weight {best} {'adopted' if adopted else 'not adopted'} "
-          f"(mean d_w {summary.loc[best, 'mean d_w']:+.4f}, positive on {int(summary.loc[best, 'positive pairs'])} of "
-          f"{len(diffs)}; needs >= 0.005 and >= 6)")
+    paired_rule(rows, "weight", 0.0, "d_w", "adopted")
 
 
 if __name__ == "__main__":

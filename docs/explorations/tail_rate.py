@@ -34,7 +34,7 @@ from joblib import Parallel, delayed
 
 from qfm_lib import protocol, study
 
-from _window_regression import validation_scores  # this folder
+from _window_regression import paired_rule, validation_scores  # this folder
 
 VARIANT = "window regression + learned tail"
 CURRENT, RATES = 0.3, (0.3, 1.0, 3.0)
@@ -54,16 +54,7 @@ def main() -> None:
     rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")
 
     print(rows.groupby("rate")[["val_score", "val_plcc", "val_srcc", "best_epoch"]].median().round(4).to_string())
-    score = rows.pivot_table(index=["split", "seed"], columns="rate", values="val_score")
-    diffs = score.sub(score[CURRENT], axis=0).drop(columns=CURRENT)
-    print("\nd_r per (split, seed):\n" + diffs.round(4).to_string())
-    summary = pd.DataFrame({"mean d_r": diffs.mean(), "positive pairs": (diffs > 0).sum()})
-    print("\n" + summary.round(4).to_string())
-    best = summary["mean d_r"].idxmax()
-    adopted = summary.loc[best, "mean d_r"] >= 0.005 and summary.loc[best, "positive pairs"] >= 6
-    print(f"\nrule: rate {best} {'replaces ' + str(CURRENT) if adopted else 'not adopted'} "
-          f"(mean d_r {summary.loc[best, 'mean d_r']:+.4f}, positive on {int(summary.loc[best, 'positive pairs'])} "
-          f"of {len(diffs)}; needs >= 0.005 and >= 6)")
+    paired_rule(rows, "rate", CURRENT, "d_r", f"replaces {CURRENT}")
 
 
 if __name__ == "__main__":
