@@ -7,7 +7,8 @@ a copy of the backbone's last stage):
 
     tokens (B, T, C), z-scored per channel with the training images' statistics
     -> [learned tail (tail.py, cfg.tail_rate > 0): the backbone's last stage recomputes the block6 and
-       head channels from each window's block5 channels, and learns]
+       head channels from each window's block5 channels, and learns; cfg.tail_blocks 2: block5's last
+       block too, from the output of the block before it (tail.tail_tokens appends it to the tokens)]
     -> channel gate: x * 2·sigmoid(MLP(mean_T x))  (input-conditioned, per channel, identity at init;
        QFM-IQM's adaptive feature selection on the upstream features; off: x unchanged)
     -> projection C -> d, LayerNorm
@@ -69,6 +70,7 @@ class DecoderConfig:
     distill_weight: float = 0.0
     # the backbone's last stage learning with the decoder at this fraction of lr (tail.py; 0 = off)
     tail_rate: float = 0.0
+    tail_blocks: int = 1            # 1: block6 and head; 2: block5's last block too (on tail.tail_tokens)
     # local-manifold contrast (0 = off)
     n_windows: int = 1              # windows per image per step
     contrastive_weight: float = 0.0
@@ -96,6 +98,8 @@ class DecoderConfig:
             raise ValueError(f"anchor must be learned, spectral or random, got {self.anchor!r}")
         if self.tail_rate < 0:
             raise ValueError(f"tail_rate must be >= 0, got {self.tail_rate}")
+        if self.tail_blocks not in (1, 2):
+            raise ValueError(f"tail_blocks must be 1 or 2, got {self.tail_blocks}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
 
@@ -124,6 +128,7 @@ class QualityDecoder(nn.Module):
         super().__init__()
         self.bf16 = precision(cfg) == "bf16"
         self.tail = tail
+        channels = tail.out_channels if tail is not None else channels  # a two-block tail drops its input's
         self.gate = nn.Sequential(nn.Linear(channels, cfg.gate_hidden), nn.ReLU(),
                                   nn.Linear(cfg.gate_hidden, channels)) if cfg.gated else None
         if self.gate is not None:
@@ -542,7 +547,7 @@ def _tail(tokens: TokenSet, cfg: DecoderConfig) -> LearnedTail | None:
         return None
     if tokens.backbone is None:
         raise ValueError("a learned tail (tail_rate > 0) needs to know the tokens' backbone: TokenSet(..., backbone=name)")
-    return LearnedTail.for_tokens(tokens.backbone, tokens.mean, tokens.std, cfg.tail_rate)
+    return LearnedTail.for_tokens(tokens.backbone, tokens.mean, tokens.std, cfg.tail_rate, cfg.tail_blocks)
 
 
 def fit_decoder(tokens: TokenSet, y: np.ndarray, train: np.ndarray, val: np.ndarray, cfg: DecoderConfig,

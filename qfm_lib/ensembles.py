@@ -97,7 +97,7 @@ def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> Train
 def _model_scorer(inp: protocol.ProtocolInputs, model: TrainedDecoder | TrainedCrops) -> Callable[[np.ndarray], np.ndarray]:
     """A member model's predictions (rows -> MOS scale) from the features it reads."""
     if isinstance(model, TrainedDecoder):
-        return lambda rows: model.predict(inp.tokens, rows)
+        return lambda rows: model.predict(inp.tokens_for(model.config), rows)
     return lambda rows: model.predict(inp.crops[rows])
 
 

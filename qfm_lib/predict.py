@@ -34,6 +34,7 @@ from .images import ImageError, load_rgb
 from .decoder import TokenSet, TrainedDecoder
 from .manifold import TrainedCrops
 from .models import Trained
+from .tail import tail_input_maps
 from .paths import PROJECT_ROOT
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
@@ -77,18 +78,33 @@ class ImageTooSmallError(ImageError):
     """An image smaller than what the model reads (a token window, a crop)."""
 
 
-def _token_features(engine, batch: torch.Tensor, name: str, payload: dict) -> TokenSet:
+def _two_block_tail(state: dict) -> bool:
+    """Whether a token decoder's state has a two-block learned tail (it reads tail.tail_input_maps too)."""
+    cfg = state.get("config", {})
+    return bool(cfg.get("tail_rate")) and cfg.get("tail_blocks", 1) == 2
+
+
+def _token_features(engine, batch: torch.Tensor, name: str, payload: dict) -> dict[str, TokenSet]:
+    """The image's token maps ("tokens") and, when one of the payload's models has a two-block tail,
+    those maps with the tail's input appended ("tail")."""
     _, maps = run_views(engine, batch, tokens=True)
-    return TokenSet(maps[0].reshape(-1, maps[0].shape[2]), np.array([maps[0].shape[:2]]))
+    grid = np.array([maps[0].shape[:2]])
+    out = {"tokens": TokenSet(maps[0].reshape(-1, maps[0].shape[2]), grid)}
+    model = payload["model"]
+    if any(_two_block_tail(s) for s in [model, *(s for m in model.get("members", []) for s in m["models"])]):
+        extra = tail_input_maps(batch, payload["backbone"])[0].to(torch.float16).numpy()
+        out["tail"] = TokenSet(np.concatenate([maps[0], extra], -1).reshape(grid[0].prod(), -1), grid)
+    return out
 
 
 class _TokenPredictor:
-    """A TrainedDecoder scoring the one image of a TokenSet."""
+    """A TrainedDecoder scoring the one image of _token_features' token sets."""
 
     def __init__(self, trained: TrainedDecoder):
         self.trained = trained
 
-    def predict(self, tokens: TokenSet) -> np.ndarray:
+    def predict(self, features: dict[str, TokenSet]) -> np.ndarray:
+        tokens = features["tail" if _two_block_tail({"config": asdict(self.trained.config)}) else "tokens"]
         window = self.trained.config.window
         if window and min(tokens.grid[0]) < window:
             raise ImageTooSmallError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"

@@ -18,19 +18,28 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
-from .features import TOKEN_STAGES, token_channel_names
+from .cache import cache_path
+from .features import TOKEN_STAGES, _exclusive, to_tensor, token_channel_names
+from .images import load_rgb
+
+if TYPE_CHECKING:
+    from .decoder import TokenSet
 
 # the stages the tail reads and writes, in the token channels' order (each stored whole: "mean" only)
 TAIL_STAGES = ("block5", "block6", "head")
-_ACTIVATIONS = ("relu6", "relu6", "none", "relu6")  # conv_pw, conv_dw, conv_pwl, conv_head
+TAIL_INPUT_VERSION = 1  # bump when tail_input_cells changes: the joined token files are keyed by it
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,18 +48,27 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     return w.detach().clone(), b.detach().clone()
 
 
-def _tail_layers(backbone: Backbone) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The folded convolutions of the backbone's last stage and head (EfficientNet-Lite's shape only)."""
-    m = backbone.model
-    group = getattr(m, "blocks", [None])[-1]
-    block = group[0] if group is not None and len(group) == 1 else None
+def _inverted_residual(block: nn.Module, skip: bool, where: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The folded conv_pw, conv_dw and conv_pwl of an EfficientNet-Lite block (ReLU6, no squeeze-excitation)."""
     needed = ("conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3")
-    if block is None or not all(hasattr(block, n) for n in needed) or not isinstance(block.se, nn.Identity) \
-            or getattr(block, "has_skip", False) or not isinstance(block.bn1.act, nn.ReLU6):
-        raise ValueError(f"the learned tail needs EfficientNet-Lite's last stage (one inverted-residual block "
-                         f"without squeeze-excitation or skip, ReLU6); {backbone.name} differs")
-    return [_folded(block.conv_pw, block.bn1), _folded(block.conv_dw, block.bn2),
-            _folded(block.conv_pwl, block.bn3), _folded(m.conv_head, m.bn2)]
+    if not all(hasattr(block, n) for n in needed) or not isinstance(block.se, nn.Identity) \
+            or bool(getattr(block, "has_skip", False)) != skip or not isinstance(block.bn1.act, nn.ReLU6):
+        raise ValueError(f"the learned tail needs EfficientNet-Lite's {where} (an inverted-residual block "
+                         f"{'with' if skip else 'without'} a skip, without squeeze-excitation, ReLU6)")
+    return [_folded(block.conv_pw, block.bn1), _folded(block.conv_dw, block.bn2), _folded(block.conv_pwl, block.bn3)]
+
+
+def _tail_layers(backbone: Backbone, blocks: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The folded convolutions of the backbone's last `blocks` blocks and head: block6 (one block, no
+    skip) and, with blocks=2, block5's last block (with its skip) before it (EfficientNet-Lite's shape only)."""
+    if blocks not in (1, 2):
+        raise ValueError(f"the learned tail has 1 or 2 blocks, got {blocks}")
+    groups = getattr(backbone.model, "blocks", [])
+    if len(groups) < 2 or len(groups[-1]) != 1 or len(groups[-2]) < 2:
+        raise ValueError(f"the learned tail needs EfficientNet-Lite's last stages; {backbone.name} differs")
+    layers = _inverted_residual(groups[-2][-1], True, "block5's last block") if blocks == 2 else []
+    m = backbone.model
+    return layers + _inverted_residual(groups[-1][0], False, "block6") + [_folded(m.conv_head, m.bn2)]
 
 
 def tail_channels(names: list[tuple[str, str, int]]) -> tuple[int, int]:
@@ -66,16 +84,22 @@ def tail_channels(names: list[tuple[str, str, int]]) -> tuple[int, int]:
 
 
 class LearnedTail(nn.Module):
-    """Recomputes the block6 and head channels of normalised token windows (B, T, C), T = w x w cells,
-    from their block5 channels; every other channel passes unchanged. Its state holds the pretrained
-    (folded) weights, so a decoder's state alone rebuilds it (from_state)."""
+    """Recomputes the last stages' channels of normalised token windows (B, T, C), T = w x w cells, and
+    learns. One block (blocks=1): block6 and head from the cached block5 channels. Two blocks: block5,
+    block6 and head from the output of block5's third block, which tail_tokens appends to the token
+    channels; those input channels are dropped from the output. Every other channel passes unchanged.
+    Its state holds the pretrained (folded) weights, so a decoder's state alone rebuilds it (from_state).
 
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], block5: int, block6: int,
+    read: the input channels' [start, end); write: where the recomputed channels start (the output has
+    write + their count channels)."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], read: tuple[int, int], write: int,
                  mean: np.ndarray, std: np.ndarray, rate: float):
         super().__init__()
         if rate <= 0:
             raise ValueError(f"the tail's rate must be positive, got {rate}")
-        self.block5, self.block6, self.rate = block5, block6, rate
+        self.blocks = (len(layers) - 1) // 3
+        self.read, self.write, self.rate = read, write, rate
         for i, (w, b) in enumerate(layers):
             self.register_buffer(f"w{i}", w)
             self.register_buffer(f"b{i}", b)
@@ -85,35 +109,58 @@ class LearnedTail(nn.Module):
         self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)).clone())
 
     @classmethod
-    def for_tokens(cls, backbone: str, mean: np.ndarray, std: np.ndarray, rate: float) -> "LearnedTail":
-        """The tail of the backbone that wrote the tokens, normalised as the tokens are (mean, std)."""
+    def for_tokens(cls, backbone: str, mean: np.ndarray, std: np.ndarray, rate: float,
+                   blocks: int = 1) -> "LearnedTail":
+        """The tail of the backbone that wrote the tokens, normalised as the tokens are (mean, std: one
+        value per channel; with blocks=2 the token channels followed by tail_tokens' input channels)."""
         b = _backbone(backbone)
-        return cls(_tail_layers(b), *tail_channels(token_channel_names(b.stage_names, b.stage_channels)),
-                   mean, std, rate)
+        layers = _tail_layers(b, blocks)
+        block5, block6 = tail_channels(token_channel_names(b.stage_names, b.stage_channels))
+        channels = len(token_channel_names(b.stage_names, b.stage_channels))
+        read = (block5, block6) if blocks == 1 else (channels, channels + layers[0][0].shape[1])
+        if len(mean) != max(channels, read[1]):
+            raise ValueError(f"a {blocks}-block tail of {backbone} reads {max(channels, read[1])} token channels, "
+                             f"got {len(mean)}" + (" (tail_tokens appends its input)" if blocks == 2 else ""))
+        return cls(layers, read, block6 if blocks == 1 else block5, mean, std, rate)
 
     @classmethod
     def from_state(cls, state: dict, rate: float) -> "LearnedTail":
         """An empty tail shaped as the tail whose state_dict (its keys without a prefix) is `state`;
         load_state_dict fills it."""
-        layers = [(torch.empty_like(state[f"w{i}"]), torch.empty_like(state[f"b{i}"])) for i in range(len(_ACTIVATIONS))]
-        channels = len(state["mean"])
-        block6 = channels - len(state["b2"]) - len(state["b3"])
-        return cls(layers, block6 - state["w0"].shape[1], block6, np.zeros(channels), np.ones(channels), rate)
+        n = sum(1 for k in state if k.startswith("w"))
+        layers = [(torch.empty_like(state[f"w{i}"]), torch.empty_like(state[f"b{i}"])) for i in range(n)]
+        channels, width = len(state["mean"]), state["w0"].shape[1]
+        written = sum(len(state[f"b{i}"]) for i in range(2, n, 3)) + len(state[f"b{n - 1}"])
+        if n == 4:  # one block: block6 and head written after block5, which it reads
+            read = (channels - written - width, channels - written)
+            return cls(layers, read, read[1], np.zeros(channels), np.ones(channels), rate)
+        return cls(layers, (channels - width, channels), channels - width - written,
+                   np.zeros(channels), np.ones(channels), rate)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of its output: the token channels (with two blocks, without the appended input)."""
+        return len(self.mean) if self.blocks == 1 else self.read[0]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (getattr(self, f"w{i}") + self.rate * getattr(self, f"dw{i}"),
                 getattr(self, f"b{i}") + self.rate * getattr(self, f"db{i}"))
 
-    def maps(self, block5: torch.Tensor) -> torch.Tensor:
-        """(B, C5, H, W) raw block5 maps -> (B, C6 + C_head, H, W) raw block6 and head maps."""
-        h = block5
-        outs = []
-        for i, act in enumerate(_ACTIVATIONS):
-            w, b = self.layer(i)
-            h = F.conv2d(h, w, b, padding=w.shape[-1] // 2, groups=h.shape[1] // w.shape[1])
-            h = F.relu6(h) if act == "relu6" else h
-            if i >= 2:  # block6's output, then the head's
-                outs.append(h)
+    def _conv(self, h: torch.Tensor, i: int, relu6: bool) -> torch.Tensor:
+        w, b = self.layer(i)
+        h = F.conv2d(h, w, b, padding=w.shape[-1] // 2, groups=h.shape[1] // w.shape[1])
+        return F.relu6(h) if relu6 else h
+
+    def maps(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) raw input maps -> (B, C_out, H, W) raw maps of each block's output, then the head's."""
+        h, outs = inputs, []
+        for block in range(self.blocks):
+            x = h
+            for j, relu6 in enumerate((True, True, False)):
+                h = self._conv(h, 3 * block + j, relu6)
+            h = h + x if block < self.blocks - 1 else h  # block5's last block has a skip, block6 none
+            outs.append(h)
+        outs.append(self._conv(h, 3 * self.blocks, True))
         return torch.cat(outs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,11 +168,68 @@ class LearnedTail(nn.Module):
         side = int(round(t ** 0.5))
         if side * side != t:
             raise ValueError(f"the learned tail reads square windows of cells, got {t} cells")
-        s5 = slice(self.block5, self.block6)
-        block5 = (x[..., s5].float() * self.std[s5] + self.mean[s5]).view(b, side, side, -1).permute(0, 3, 1, 2)
-        out = self.maps(block5).permute(0, 2, 3, 1).reshape(b, t, -1).float()
-        out = (out - self.mean[self.block6:]) / self.std[self.block6:]
-        return torch.cat([x[..., :self.block6], out.to(x.dtype)], -1)
+        r = slice(*self.read)
+        inputs = (x[..., r].float() * self.std[r] + self.mean[r]).view(b, side, side, -1).permute(0, 3, 1, 2)
+        out = self.maps(inputs).permute(0, 2, 3, 1).reshape(b, t, -1).float()
+        w = slice(self.write, self.write + out.shape[-1])
+        out = (out - self.mean[w]) / self.std[w]
+        return torch.cat([x[..., :self.write], out.to(x.dtype)], -1)
+
+
+def tail_input_maps(batch: torch.Tensor, backbone: str) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, H/32, W/32, C5) the output of block5's last block but one:
+    what a two-block tail reads (a partial pass of the backbone in PyTorch)."""
+    m = _backbone(backbone).model
+    with torch.inference_mode():
+        x = m.bn1(m.conv_stem(batch.contiguous(memory_format=torch.channels_last)))
+        for group in m.blocks[:-2]:
+            x = group(x)
+        for block in m.blocks[-2][:-1]:
+            x = block(x)
+    return x.permute(0, 2, 3, 1).float()
+
+
+def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, progress: bool = True) -> TokenSet:
+    """`tokens` with tail_input_maps' channels appended to every cell (fp16): the token set of a two-block
+    tail. Computed once per image set (`key`: the token cache entry, which hashes the images and the
+    backbone; paths: each image's file, in the tokens' order) and kept memory-mapped under
+    <cache>/tail_tokens/, written atomically; a grid that differs from the tokens' is an error naming
+    the image."""
+    from .decoder import TokenSet
+
+    if tokens.backbone is None:
+        raise ValueError("a two-block tail needs to know the tokens' backbone: TokenSet(..., backbone=name)")
+    path = cache_path("tail_tokens", {"tokens": key, "backbone": tokens.backbone, "version": TAIL_INPUT_VERSION}, ".npy")
+    if path not in _OPENED:  # one token set per file and process: its per-image statistics are computed once
+        with _exclusive(path):
+            if not path.is_file():
+                _write_tail_tokens(tokens, paths, path, progress)
+        _OPENED[path] = TokenSet(np.load(path, mmap_mode="r"), tokens.grid, tokens.names, tokens.backbone)
+    return _OPENED[path]
+
+
+_OPENED: dict = {}
+
+
+def _write_tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], path: Path, progress: bool) -> None:
+    b = _backbone(tokens.backbone)
+    width = b.stage_channels[b.stage_names.index("block5")]
+    partial = path.with_name(path.stem + ".partial.npy")
+    out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(tokens.tokens), tokens.channels + width))
+    try:
+        for r, image in enumerate(tqdm(paths, desc="tail inputs", disable=not progress)):
+            maps = tail_input_maps(to_tensor(load_rgb(image), b)[None], tokens.backbone)[0]
+            if tuple(maps.shape[:2]) != tuple(tokens.grid[r]):
+                raise ValueError(f"{image}: its {maps.shape[0]}x{maps.shape[1]} grid differs from the cached tokens' "
+                                 f"{tokens.grid[r][0]}x{tokens.grid[r][1]} (tokens of another image, backbone or grid)")
+            start, n = tokens.offsets[r], int(tokens.grid[r].prod())
+            out[start:start + n, :tokens.channels] = tokens.tokens[start:start + n]
+            out[start:start + n, tokens.channels:] = maps.reshape(n, width).to(torch.float16).numpy()
+        out.flush()
+        del out
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=2)

@@ -8,7 +8,9 @@ import torch
 from qfm_lib import predict
 from qfm_lib.decoder import DecoderConfig, TokenSet, TrainedDecoder, fit_decoder
 from qfm_lib.features import FeatureSpec, extract_features, token_channel_names
-from qfm_lib.tail import LearnedTail, tail_channels
+from qfm_lib.tail import LearnedTail, tail_channels, tail_tokens
+
+from .conftest import write_image
 
 TINY = replace(DecoderConfig(), dim=16, heads=2, gate_hidden=8, window=3, max_epochs=2, patience=2,
                tail_rate=0.3, gated=False)
@@ -30,15 +32,15 @@ def test_tail_at_start_reproduces_the_cached_cells(real_tokens):
     (h, w), start = tokens.grid[0], tokens.offsets[0]
     cells = torch.from_numpy(np.asarray(tokens.tokens[start:start + h * w], np.float32)).view(h, w, c)
     with torch.no_grad():
-        maps = tail.maps(cells[..., tail.block5:tail.block6].permute(2, 0, 1)[None])[0].permute(1, 2, 0)
-    want = cells[..., tail.block6:]
+        maps = tail.maps(cells[..., slice(*tail.read)].permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    want = cells[..., tail.write:]
     assert float((maps - want).norm() / want.norm()) < 2e-3
     window = cells[2:7, 3:8].reshape(1, 25, c)
     with torch.no_grad():
         out = tail(window).view(5, 5, c)
-    np.testing.assert_array_equal(out[..., :tail.block6].numpy(), window.view(5, 5, c)[..., :tail.block6].numpy())
-    inner = out[1:4, 1:4, tail.block6:]
-    assert float((inner - cells[3:6, 4:7, tail.block6:]).norm() / inner.norm()) < 2e-3
+    np.testing.assert_array_equal(out[..., :tail.write].numpy(), window.view(5, 5, c)[..., :tail.write].numpy())
+    inner = out[1:4, 1:4, tail.write:]
+    assert float((inner - cells[3:6, 4:7, tail.write:]).norm() / inner.norm()) < 2e-3
 
 
 def test_decoder_with_a_tail_learns_it_saves_and_predicts(real_tokens, tmp_path, lite0):
@@ -86,3 +88,52 @@ def test_a_fit_does_not_depend_on_whether_it_loaded_the_backbone(real_tokens):
     first = fit_decoder(tokens, y, np.arange(7), np.arange(7, 10), TINY).predict(tokens, np.arange(10))
     again = fit_decoder(tokens, y, np.arange(7), np.arange(7, 10), TINY).predict(tokens, np.arange(10))
     np.testing.assert_array_equal(first, again)
+
+
+def test_two_block_tail_reads_the_appended_input_and_reproduces_the_cached_cells(real_tokens):
+    """tail_tokens appends the output of block5's last block but one; at delta 0 the folded block5 block,
+    block6 and head, fed it, give the cached block5, block6 and head cells, and the output drops the input."""
+    table, tokens = real_tokens
+    joined = tail_tokens(tokens, list(table["path"]), "test")
+    c = tokens.channels
+    assert joined.channels == c + 192
+    np.testing.assert_array_equal(np.asarray(joined.tokens[:, :c]), np.asarray(tokens.tokens))
+    tail = LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c + 192), np.ones(c + 192), 1.0, blocks=2)
+    assert (tail.blocks, tail.read, tail.out_channels) == (2, (c, c + 192), c)
+    (h, w), start = joined.grid[0], joined.offsets[0]
+    cells = torch.from_numpy(np.asarray(joined.tokens[start:start + h * w], np.float32)).view(h, w, -1)
+    with torch.no_grad():
+        maps = tail.maps(cells[..., c:].permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    want = cells[..., tail.write:c]
+    assert float((maps - want).norm() / want.norm()) < 2e-3
+    with torch.no_grad():
+        out = tail(cells[2:7, 3:8].reshape(1, 25, -1))
+    assert out.shape == (1, 25, c)
+    with pytest.raises(ValueError, match="reads 2368 token channels, got 2176"):
+        LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c), np.ones(c), 1.0, blocks=2)
+
+
+def test_decoder_with_a_two_block_tail_learns_saves_and_predicts(real_tokens, tmp_path, lite0):
+    table, tokens = real_tokens
+    joined = tail_tokens(tokens, list(table["path"]), "test")
+    y = table["mos"].to_numpy(float)
+    trained = fit_decoder(joined, y, np.arange(7), np.arange(7, 10), replace(TINY, tail_blocks=2, max_epochs=2))
+    assert trained.model.tail.blocks == 2 and trained.model.proj[0].in_features == tokens.channels
+    pred = trained.predict(joined, np.arange(10))
+    again = TrainedDecoder.from_state(trained.state())
+    assert (again.model.tail.read, again.model.tail.write) == (trained.model.tail.read, trained.model.tail.write)
+    np.testing.assert_allclose(again.predict(joined, np.arange(10)), pred, rtol=1e-5)
+    path = predict.save_model(trained, tmp_path / "tail2.pt", "tf_efficientnet_lite0", lite0.weights_sha256,
+                              FeatureSpec(), table, model_kind="token-decoder")
+    scores = predict.predict_images([table["path"][0]], predict.load_model(path), progress=False)
+    assert scores["score"][0] == pytest.approx(pred[0], rel=1e-4)
+
+
+def test_two_block_tail_errors(real_tokens, tmp_path):
+    table, tokens = real_tokens
+    with pytest.raises(ValueError, match="tail_blocks must be 1 or 2"):
+        DecoderConfig(tail_blocks=3)
+    wide = tmp_path / "wide.png"
+    write_image(wide, size=(700, 200))
+    with pytest.raises(ValueError, match=f"{wide}: its 7x22 grid differs"):
+        tail_tokens(tokens, [wide] + list(table["path"][1:]), "wrong image")

@@ -33,8 +33,9 @@ def validation_scores(inputs: protocol.ProtocolInputs, split: int, seed: int, va
     torch.set_num_threads(1)  # as the protocol's workers
     cfg = replace(inputs.variant(variant).config, seed=seed, **settings)
     parts = inputs.parts(split)
-    model = fit_manifold_decoder(inputs.tokens, inputs.y, parts, cfg)
-    pred, y_val = model.predict(inputs.tokens, parts["val"]), inputs.y[parts["val"]]
+    tokens = inputs.tokens_for(cfg)
+    model = fit_manifold_decoder(tokens, inputs.y, parts, cfg)
+    pred, y_val = model.predict(tokens, parts["val"]), inputs.y[parts["val"]]
     m = iqa_metrics(pred, y_val)
     return {"val_score": selection_score(pred, y_val), "val_plcc": m["plcc"], "val_srcc": m["srcc"],
             "best_epoch": model.best_epoch}

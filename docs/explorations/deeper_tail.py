@@ -33,165 +33,70 @@ kept; the refitted seed-0 baselines equal the committed protocol rows of splits 
 to 1e-5). Median validation score 0.8344 (variant) against 0.8455 (deeper); mean paired d +0.0113,
 positive on 7 of 8 (-0.002 to +0.021). Rule met: the deeper tail is worth building into the study.
 
+The check ran with its own copy of the deeper tail (commit a29f600). That copy became the library's
+two-block tail (DecoderConfig.tail_blocks = 2, tail.tail_tokens), which this script now uses, with one
+difference: the copy returned its 192 input channels as zeros, so the decoder's projection read 192 more
+(zero) channels and drew a larger random initialisation; the library's tail drops them. A fit's numbers
+therefore differ from the copy's (split 6, seed 0, refitted with the library: validation score 0.8357 in 115 s, against the copy's 0.8332; tail.tail_tokens took 77 s for the 1000 images).
+
 Writes docs/explorations/deeper_tail.csv (every fit) and prints the verdict. Run from the repository root
 with QFM_DATA_ROOT set (16 fits and an extraction, about 30 min on 2 cores):
 
     python docs/explorations/deeper_tail.py              # every fit
     python docs/explorations/deeper_tail.py --refit variant  # only the variant's, keeping the CSV's others
 """
-from dataclasses import replace
-import sys
 from pathlib import Path
+import sys
 
 import numpy as np
 import pandas as pd
 import torch
 from joblib import Parallel, delayed
-from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from qfm_lib import decoder, protocol, study
-from qfm_lib.decoder import TokenSet
-from qfm_lib.features import to_tensor
-from qfm_lib.images import load_rgb
-from qfm_lib.paths import cache_dir
-from qfm_lib.tail import LearnedTail, _backbone, _folded, _tail_layers
+from qfm_lib import protocol, study
+from qfm_lib.tail import LearnedTail
 
 from _window_regression import paired_rule, validation_scores  # this folder
 
 VARIANT = "window regression + learned tail"
-DEPTHS = ("variant", "deeper")
+DEPTHS = {"variant": 1, "deeper": 2}  # tail_blocks ("variant": the variant's tail when this check ran)
 SPLITS = (6, 7, 8, 9)
 SEEDS = (0, 1)
-BACKBONE = "tf_efficientnet_lite0"
 
 
-def block5c_maps(data: study.StudyData) -> np.ndarray:
-    """(total cells, 192) fp16: the output of stage 5's third block, image after image, on the token grid."""
-    m = _backbone(BACKBONE).model
-    cells = []
-    with torch.inference_mode():
-        paths = data.paths
-        for name in tqdm(data.features.names, desc="block5 third-block maps"):  # the token cells' order
-            path = paths[name]
-            x = to_tensor(load_rgb(path), _backbone(BACKBONE))[None]
-            x = m.bn1(m.conv_stem(x))
-            for group in m.blocks[:5]:
-                x = group(x)
-            for block in m.blocks[5][:3]:
-                x = block(x)
-            cells.append(x[0].permute(1, 2, 0).reshape(-1, x.shape[1]).to(torch.float16).numpy())
-    return np.concatenate(cells)
-
-
-def cached_block5c(data: study.StudyData, tokens: TokenSet) -> np.ndarray:
-    """block5c_maps, computed once and kept as .npy under <cache>/explorations/ (memory-mapped)."""
-    path = cache_dir() / "explorations" / f"block5c_{Path(data.features.meta['full_entry']).name}.npy"
-    if not path.is_file():
-        maps = block5c_maps(data)
-        if len(maps) != len(tokens.tokens):
-            raise ValueError(f"{len(maps)} block5c cells against {len(tokens.tokens)} token cells")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path.with_suffix(".partial.npy"), maps)
-        path.with_suffix(".partial.npy").rename(path)
-    return np.load(path, mmap_mode="r")
-
-
-class DeeperTail(LearnedTail):
-    """LearnedTail that reads the last 192 token channels (stage 5's third block) and recomputes block5
-    (its fourth block, with the skip), block6 and the head; the 192 input channels come back as zeros."""
-
-    def __init__(self, layers, block5, block6, extra, mean, std, rate):
-        super().__init__(layers, block5, block6, mean, std, rate)
-        self.extra = extra
-
-    @classmethod
-    def for_tokens(cls, backbone: str, mean: np.ndarray, std: np.ndarray, rate: float) -> "DeeperTail":
-        b = _backbone(backbone)
-        last = b.model.blocks[5][3]
-        layers = [_folded(last.conv_pw, last.bn1), _folded(last.conv_dw, last.bn2), _folded(last.conv_pwl, last.bn3),
-                  *_tail_layers(b)]
-        c5, c6 = b.stage_channels[b.stage_names.index("block5")], b.stage_channels[b.stage_names.index("block6")]
-        extra = len(mean) - c5
-        block5 = extra - c5 - c6 - b.stage_channels[-1]
-        return cls(layers, block5, block5 + c5, extra, mean, std, rate)
-
-    def maps(self, block5c: torch.Tensor) -> torch.Tensor:
-        """(B, 192, H, W) raw third-block maps -> (B, C5 + C6 + C_head, H, W) raw block5, block6, head maps."""
-        h, outs = block5c, []
-        for i, act in enumerate(("relu6", "relu6", "none", "relu6", "relu6", "none", "relu6")):
-            w, b = self.layer(i)
-            h = F.conv2d(h, w, b, padding=w.shape[-1] // 2, groups=h.shape[1] // w.shape[1])
-            h = F.relu6(h) if act == "relu6" else h
-            if i == 2:
-                h = h + block5c  # the fourth block's skip
-            if i >= 2 and i != 3 and i != 4:
-                outs.append(h)
-        return torch.cat(outs, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        side = int(round(t ** 0.5))
-        s = slice(self.extra, None)
-        block5c = (x[..., s].float() * self.std[s] + self.mean[s]).view(b, side, side, -1).permute(0, 3, 1, 2)
-        out = self.maps(block5c).permute(0, 2, 3, 1).reshape(b, t, -1)
-        out = (out - self.mean[self.block5:self.extra]) / self.std[self.block5:self.extra]
-        return torch.cat([x[..., :self.block5], out.to(x.dtype), torch.zeros_like(x[..., s])], -1)
-
-
-def reproduction_error(tokens: TokenSet, rows: list[int]) -> float:
-    """Relative error of the pretrained deeper tail's block5, block6 and head maps, whole maps."""
+def reproduction_error(tokens, rows: list[int]) -> float:
+    """Median relative error of the pretrained two-block tail's block5, block6 and head maps (whole maps)
+    against the cached cells."""
     c = tokens.channels
-    tail = DeeperTail.for_tokens(BACKBONE, np.zeros(c), np.ones(c), 1.0)
+    tail = LearnedTail.for_tokens(tokens.backbone, np.zeros(c), np.ones(c), 1.0, blocks=2)
     errors = []
     with torch.no_grad():
         for r in rows:
             (h, w), start = tokens.grid[r], tokens.offsets[r]
             cells = torch.from_numpy(np.asarray(tokens.tokens[start:start + h * w], np.float32))
-            out = tail.maps(cells[:, tail.extra:].T.reshape(1, -1, h, w))[0].reshape(-1, h * w).T
-            ref = cells[:, tail.block5:tail.extra]
+            out = tail.maps(cells[:, slice(*tail.read)].T.reshape(1, -1, h, w))[0].reshape(-1, h * w).T
+            ref = cells[:, tail.write:tail.read[0]]
             errors.append(float((out - ref).norm() / ref.norm()))
     return float(np.median(errors))
 
 
-def deeper_tail(tokens: TokenSet, cfg) -> DeeperTail:
-    return DeeperTail.for_tokens(tokens.backbone, tokens.mean, tokens.std, cfg.tail_rate)
-
-
-def variant_tail(tokens: TokenSet, cfg) -> LearnedTail:  # as decoder._tail; defined here, so sent by value
-    return LearnedTail.for_tokens(tokens.backbone, tokens.mean, tokens.std, cfg.tail_rate)
-
-
-def validation_fit(inputs: protocol.ProtocolInputs, deeper: TokenSet, split: int, seed: int, depth: str) -> dict:
-    decoder._tail = deeper_tail if depth == "deeper" else variant_tail  # fit_decoder builds its tail with it
-    if depth == "deeper":
-        inputs = replace(inputs, tokens=deeper)
-    return {"split": split, "seed": seed, "depth": depth, **validation_scores(inputs, split, seed, VARIANT)}
+def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, depth: str) -> dict:
+    return {"split": split, "seed": seed, "depth": depth,
+            **validation_scores(inputs, split, seed, VARIANT, tail_blocks=DEPTHS[depth])}
 
 
 def main() -> None:
-    data = study.load_study_data("livec", BACKBONE)
-    inputs = protocol.inputs_from_study(data)
-    t = inputs.tokens
-    extra = cached_block5c(data, t)
-    joined = cache_dir() / "explorations" / f"deeper_tokens_{Path(data.features.meta['full_entry']).name}.npy"
-    if not joined.is_file():
-        out = np.lib.format.open_memmap(joined.with_suffix(".partial.npy"), "w+", np.float16,
-                                        (len(t.tokens), t.channels + extra.shape[1]))
-        for start in range(0, len(out), 8192):
-            out[start:start + 8192] = np.concatenate([t.tokens[start:start + 8192], extra[start:start + 8192]], 1)
-        out.flush()
-        joined.with_suffix(".partial.npy").rename(joined)
-    deeper = TokenSet(np.load(joined, mmap_mode="r"), t.grid, t.names, t.backbone)
+    inputs = protocol.inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0"))
+    deeper = inputs.tokens_for(inputs.variant(VARIANT).config)  # tail.tail_tokens: computed once, cached
     print(f"pretrained deeper tail against the cached block5/block6/head cells (median relative error, 20 images): "
           f"{reproduction_error(deeper, list(range(20))):.2e}")
 
     csv = Path(__file__).with_suffix(".csv")
-    depths = sys.argv[sys.argv.index("--refit") + 1:] if "--refit" in sys.argv else DEPTHS
-    kept = pd.read_csv(csv).query("depth not in @depths") if depths != DEPTHS else None
+    depths = sys.argv[sys.argv.index("--refit") + 1:] if "--refit" in sys.argv else list(DEPTHS)
+    kept = pd.read_csv(csv).query("depth not in @depths") if set(depths) != set(DEPTHS) else None
     jobs = [(split, seed, depth) for split in SPLITS for seed in SEEDS for depth in depths]
     rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
-        delayed(validation_fit)(inputs, deeper, *job) for job in jobs))
+        delayed(validation_fit)(inputs, *job) for job in jobs))
     rows = pd.concat([kept, rows]).sort_values(["split", "seed", "depth"], ascending=[True, True, False])
     rows.to_csv(csv, index=False, float_format="%.6f")
 

@@ -63,8 +63,8 @@ def reproduction_error(inputs: protocol.ProtocolInputs, rows: np.ndarray) -> pd.
         (h, w), start = inputs.tokens.grid[r], inputs.tokens.offsets[r]
         cells = torch.from_numpy(np.asarray(inputs.tokens.tokens[start:start + h * w], np.float32)).view(h, w, -1)
         with torch.no_grad():
-            maps = tail.maps(cells[..., tail.block5:tail.block6].permute(2, 0, 1)[None])[0].permute(1, 2, 0)
-        b6 = tail.block6
+            maps = tail.maps(cells[..., slice(*tail.read)].permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+        b6 = tail.write
         for stage, got, want in (("block6", maps[..., :320], cells[..., b6:b6 + 320]),
                                  ("head", maps[..., 320:], cells[..., b6 + 320:])):
             out.append({"stage": stage, "relative error": float((got - want).norm() / want.norm())})
