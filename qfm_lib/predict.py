@@ -34,11 +34,13 @@ from .images import ImageError, load_rgb
 from .decoder import TokenSet, TrainedDecoder
 from .manifold import TrainedCrops
 from .models import Trained
-from .tail import tail_input_maps
+from .tail import _backbone, _tail_layers, tail_input_maps
 from .paths import PROJECT_ROOT
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
-FORMAT_VERSION = 2  # 1: numpy arrays in the payload (needed weights_only=False); 2: tensors only
+# 1: numpy arrays in the payload (needed weights_only=False); 2: tensors only; 3: learned tails saved
+# without their pretrained weights, which load_model folds again from the backbone (the same numbers)
+FORMAT_VERSION = 3
 DEFAULT_MAX_SIDE = 1024
 FAR_FROM_TRAINING = 2.5  # a scored image's longer side over (or under) this factor of the training images' gets a note
 REBUILD = "rebuild it with `make figures` (notebook 06 trains and saves the final model)"
@@ -226,7 +228,8 @@ def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, sp
     trained on, readable with torch.load(weights_only=True); file mode 0644."""
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"unknown model_kind {model_kind!r}; known: {sorted(MODEL_KINDS)}")
-    payload = to_plain({"format_version": FORMAT_VERSION, "model_kind": model_kind, "model": trained.state(),
+    payload = to_plain({"format_version": FORMAT_VERSION, "model_kind": model_kind,
+                        "model": _pretrained_tails(trained.state(), None),
                       "backbone": backbone, "weights_sha256": weights_sha256, "feature_spec": asdict(spec),
                       "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
                       "training_data_sha256": training_data_hash(table), "n_training_images": len(table),
@@ -237,6 +240,26 @@ def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, sp
         os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; a model is meant to be shared
 
     return atomic_write(path, write)
+
+
+_PRETRAINED = re.compile(r"tail\.[wb]\d+")  # a learned tail's pretrained (folded) weights in a decoder's state_dict
+
+
+def _pretrained_tails(model: dict, backbone: str | None) -> dict:
+    """A model state (one token decoder's, a mean's, or any other) whose learned tails lack their pretrained
+    weights (backbone None: for saving; ten tails of one backbone are otherwise ten copies of the same
+    weights), or have them again, folded from `backbone` (for loading)."""
+    if "members" in model:
+        return {**model, "members": [{**m, "models": [_pretrained_tails(s, backbone) for s in m["models"]]}
+                                     for m in model["members"]]}
+    cfg = model.get("config") if isinstance(model.get("config"), dict) else {}
+    if "state_dict" not in model or not cfg.get("tail_rate"):
+        return model
+    state = {k: v for k, v in model["state_dict"].items() if not _PRETRAINED.fullmatch(k)}
+    if backbone is not None:
+        layers = _tail_layers(_backbone(backbone), cfg.get("tail_blocks", 1))
+        state.update({f"tail.{p}{i}": t for i, layer in enumerate(layers) for p, t in zip("wb", layer)})
+    return {**model, "state_dict": state}
 
 
 def _old_format(path: Path) -> bool:
@@ -291,7 +314,7 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
         raise ModelFileError(f"{path} is a qfm model of kind {kind!r}, which this qfm_lib cannot score "
                              f"(known kinds: {sorted(MODEL_KINDS)}); {REBUILD}")
     try:
-        payload["predictor"] = MODEL_KINDS[kind].load(payload["model"])
+        payload["predictor"] = MODEL_KINDS[kind].load(_pretrained_tails(payload["model"], payload["backbone"]))
     except Exception as err:
         raise ModelFileError(f"{path} is a damaged {kind!r} qfm model: {_reason(err)}; {REBUILD}") from err
     return payload

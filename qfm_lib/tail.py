@@ -1,18 +1,25 @@
-"""The backbone's last stage, learning with the token decoder (DecoderConfig.tail_rate > 0).
+"""The backbone's last stages, learning with the token decoder (DecoderConfig.tail_rate > 0).
 
-The token maps are cached from a frozen backbone. Its last stage is cheap enough to train on this CPU,
+The token maps are cached from a frozen backbone. Its last stages are cheap enough to train on this CPU,
 though: EfficientNet-Lite's block6 (one inverted-residual block) and head (a 1x1 convolution) act on
 block5's stride-32 map, which the token cache holds as it is (features.TOKEN_STAGES). So a copy of those
 layers recomputes the tokens' block6 and head channels from the block5 channels of each window, and
-learns with the decoder: features that learn, without a second pass of the backbone.
+learns with the decoder: features that learn, without a second pass of the backbone (tail_blocks 1).
+With tail_blocks 2 the copy starts one block earlier: block5's last block (192 -> 1152 -> 192, with a
+skip) recomputes the block5 channels too, from the output of the block before it, which is on the same
+grid. That output is not in the token cache: `tail_tokens` computes it once per image set (a partial
+pass of the backbone in PyTorch, 77 s for LIVEC's 1000 photos on 2 cores) and appends it to the token
+channels, cached on disk; the tail drops those input channels from its output, so the decoder reads the
+usual channels.
 
 Each convolution's eval-mode batch norm is folded into it (frozen statistics, as in fine-tuning with
 frozen BN). Each weight and bias is w0 + rate * delta, delta learned from zero: AdamW's steps on delta
 are about lr in size, so the tail learns at `rate` times the decoder's rate, and weight decay pulls it
 back towards the pretrained weights. Each window is read on its own cells, zero-padded at its border as
 a crop of the photo would be (training and evaluation alike). At rate's start (delta 0) the tail
-reproduces the cached block6 and head cells inside a map to about 3e-4 relative error (the fp16 cache;
-docs/explorations/learned_tail.py; the study's rate was chosen on validation there and in tail_rate.py).
+reproduces the cached cells it recomputes inside a map to about 3e-4 relative error (the fp16 cache;
+docs/explorations/learned_tail.py and deeper_tail.py; the study's rate and depth were chosen on
+validation there and in tail_rate.py).
 """
 from __future__ import annotations
 

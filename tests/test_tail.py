@@ -125,7 +125,12 @@ def test_decoder_with_a_two_block_tail_learns_saves_and_predicts(real_tokens, tm
     np.testing.assert_allclose(again.predict(joined, np.arange(10)), pred, rtol=1e-5)
     path = predict.save_model(trained, tmp_path / "tail2.pt", "tf_efficientnet_lite0", lite0.weights_sha256,
                               FeatureSpec(), table, model_kind="token-decoder")
-    scores = predict.predict_images([table["path"][0]], predict.load_model(path), progress=False)
+    saved = torch.load(path, weights_only=True)["model"]["state_dict"]
+    assert "tail.dw6" in saved and not any(k in saved for k in ("tail.w0", "tail.b6"))  # folded again at load
+    loaded = predict.load_model(path)
+    for key, value in trained.model.tail.state_dict().items():
+        torch.testing.assert_close(loaded["predictor"].trained.model.tail.state_dict()[key], value, rtol=0, atol=0)
+    scores = predict.predict_images([table["path"][0]], loaded, progress=False)
     assert scores["score"][0] == pytest.approx(pred[0], rel=1e-4)
 
 

@@ -7,18 +7,17 @@ grid as the cached cells. From that output a deeper copy can recompute block5 (i
 1152 -> 192 with a 5x5 depthwise convolution and a skip) as well as block6 and the head: about 0.48 M more
 weights learning (1.49 M in all, against 1.02 M), at about 1.5x the tail's convolutions.
 
-This script extracts that third block's output once per image (PyTorch, the study's preprocessing, native
-resolution, cached under <cache>/explorations/), and checks first that the pretrained fourth block
-reproduces the cached block5 cells from it (the fp16 cache and the ONNX engine bound the agreement). The
-deeper tail reads the 192 extra channels appended to the token maps, and returns them as zeros, so the
-decoder reads the same channels as the variant's (plus 192 zero ones). Everything else is the variant's:
-rate 1, lr 3e-4, the registry's other settings; each window is read on its own cells, zero-padded at its
-border.
+The check extracts that third block's output once per image (PyTorch, the study's preprocessing, native
+resolution; tail.tail_tokens now, which appends it to the token maps and caches them under
+<cache>/tail_tokens/), and checks first that the pretrained fourth block reproduces the cached block5
+cells from it (the fp16 cache and the ONNX engine bound the agreement). The deeper tail reads the 192
+appended channels. Everything else is the variant's: rate 1, lr 3e-4, the registry's other settings;
+each window is read on its own cells, zero-padded at its border.
 
-Written before any of its runs (2026-12-05, 14:27; committed in 150f2f6 at 14:28). On the validation parts of splits 6-9 (the splits of
-learned_tail.py and tail_rate.py) with training seeds 0 and 1; no test part is scored and no model is
-kept. The baseline, the variant as it is, is refitted here (its seed-0 fits should equal the committed
-protocol rows).
+Written before any of its runs (2026-12-05, 14:27; committed in 150f2f6 at 14:28). On the validation
+parts of splits 6-9 (the splits of learned_tail.py and tail_rate.py) with training seeds 0 and 1; no test
+part is scored and no model is kept. The baseline, the variant as it is, is refitted here (its seed-0
+fits should equal the committed protocol rows).
 Rule: d = validation score (SRCC + PLCC) / 2 with the deeper tail minus with the variant's tail, per
 (split, seed), 8 pairs. The deeper tail is worth building into the study if its mean d >= 0.005 and
 d > 0 on at least 6 of the 8 pairs, the rule of learned_tail.py and tail_rate.py. Otherwise
@@ -37,7 +36,8 @@ The check ran with its own copy of the deeper tail (commit a29f600). That copy b
 two-block tail (DecoderConfig.tail_blocks = 2, tail.tail_tokens), which this script now uses, with one
 difference: the copy returned its 192 input channels as zeros, so the decoder's projection read 192 more
 (zero) channels and drew a larger random initialisation; the library's tail drops them. A fit's numbers
-therefore differ from the copy's (split 6, seed 0, refitted with the library: validation score 0.8357 in 115 s, against the copy's 0.8332; tail.tail_tokens took 77 s for the 1000 images).
+therefore differ from the copy's: split 6, seed 0, refitted with the library, scored 0.8357 on validation
+(115 s), against the copy's 0.8332 (tail.tail_tokens took 77 s for the 1000 images).
 
 Writes docs/explorations/deeper_tail.csv (every fit) and prints the verdict. Run from the repository root
 with QFM_DATA_ROOT set (16 fits and an extraction, about 30 min on 2 cores):

@@ -19,6 +19,8 @@ chose the learned tail, lmc and qfm-iqm (0.8544; never scored on test: the tail'
 the committed rows (rate 1, docs/explorations/tail_rate.py) the learned tail (0.8399), lmc (0.8487) and
 window regression (0.8535; qfm-iqm as a fourth would have added 0.0004), which became "learned tail + lmc +
 window regression (mean)": test 0.873/0.843, first on test too, level with the first mean within the noise.
+Rerun once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8464,
+0.8549, 0.8575; qfm-iqm as a fourth would have lost 0.0015), so the mean kept its members: test 0.876/0.843.
 
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
