@@ -229,7 +229,7 @@ def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, sp
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"unknown model_kind {model_kind!r}; known: {sorted(MODEL_KINDS)}")
     payload = to_plain({"format_version": FORMAT_VERSION, "model_kind": model_kind,
-                        "model": _pretrained_tails(trained.state(), None),
+                      "model": _pretrained_tails(trained.state(), None),
                       "backbone": backbone, "weights_sha256": weights_sha256, "feature_spec": asdict(spec),
                       "feature_version": FEATURE_VERSION, "qfm_lib_version": __version__,
                       "training_data_sha256": training_data_hash(table), "n_training_images": len(table),

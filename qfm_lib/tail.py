@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 # the stages the tail reads and writes, in the token channels' order (each stored whole: "mean" only)
 TAIL_STAGES = ("block5", "block6", "head")
-TAIL_INPUT_VERSION = 1  # bump when tail_input_cells changes: the joined token files are keyed by it
+TAIL_INPUT_VERSION = 1  # bump when tail_input_maps changes: the joined token files are keyed by it
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
