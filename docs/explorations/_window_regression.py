@@ -17,25 +17,30 @@ from qfm_lib.metrics import iqa_metrics, selection_score
 VARIANT = "window regression (EMA)"
 
 
+def _fit_for_validation(inputs: protocol.ProtocolInputs, split: int, seed: int, variant: str,
+                        tokens: TokenSet | None = None, **settings):
+    """A token variant with the registry's settings, `settings` replaced, trained with `seed` on `tokens`
+    (default: the token set its config reads): the model, that token set and the validation rows."""
+    torch.set_num_threads(1)  # as the protocol's workers
+    cfg = replace(inputs.variant(variant).config, seed=seed, **settings)
+    parts = inputs.parts(split)
+    tokens = inputs.tokens_for(cfg) if tokens is None else tokens
+    return fit_manifold_decoder(tokens, inputs.y, parts, cfg), tokens, parts["val"]
+
+
 def validation_predictions(tokens: TokenSet, inputs: protocol.ProtocolInputs, split: int, seed: int) -> np.ndarray:
     """Window regression with the registry's settings, trained on `tokens` with `seed`: its predictions
     for the split's validation part (no model is kept)."""
-    torch.set_num_threads(1)  # as the protocol's workers
-    cfg = replace(inputs.variant(VARIANT).config, seed=seed)
-    parts = inputs.parts(split)
-    return fit_manifold_decoder(tokens, inputs.y, parts, cfg).predict(tokens, parts["val"])
+    model, tokens, val = _fit_for_validation(inputs, split, seed, VARIANT, tokens)
+    return model.predict(tokens, val)
 
 
 def validation_scores(inputs: protocol.ProtocolInputs, split: int, seed: int, variant: str = VARIANT,
                       **settings) -> dict:
     """A token variant with the registry's settings, `settings` replaced, trained with `seed` on the cached
     token maps: its validation scores and best epoch (no model is kept, no test part is scored)."""
-    torch.set_num_threads(1)  # as the protocol's workers
-    cfg = replace(inputs.variant(variant).config, seed=seed, **settings)
-    parts = inputs.parts(split)
-    tokens = inputs.tokens_for(cfg)
-    model = fit_manifold_decoder(tokens, inputs.y, parts, cfg)
-    pred, y_val = model.predict(tokens, parts["val"]), inputs.y[parts["val"]]
+    model, tokens, val = _fit_for_validation(inputs, split, seed, variant, **settings)
+    pred, y_val = model.predict(tokens, val), inputs.y[val]
     m = iqa_metrics(pred, y_val)
     return {"val_score": selection_score(pred, y_val), "val_plcc": m["plcc"], "val_srcc": m["srcc"],
             "best_epoch": model.best_epoch}
