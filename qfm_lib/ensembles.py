@@ -46,7 +46,8 @@ from .metrics import iqa_metrics, selection_score
 # The fourth: the same rule rerun once the learned tail's rows joined notebook 06 (2026-12-05). On the rows
 # with the tail at rate 0.3 it chose the learned tail, lmc and qfm-iqm (0.8544); on the committed rows (the
 # tail at rate 1, docs/explorations/tail_rate.py) the learned tail, lmc and window regression (0.8535 against
-# 0.8516 for the third; qfm-iqm as a fourth member would have added 0.0004, below the rule's 0.002).
+# 0.8516 for the third; qfm-iqm as a fourth member would have added 0.0004, below the rule's 0.002). Rerun
+# once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8575).
 MEANS: dict[str, tuple[str, ...]] = {
     "window regression + lmc (mean)": ("window regression (EMA)", "lmc"),
     "decoder + lmc (mean)": ("decoder", "lmc"),

@@ -80,9 +80,9 @@ class ImageTooSmallError(ImageError):
     """An image smaller than what the model reads (a token window, a crop)."""
 
 
-def _two_block_tail(state: dict) -> bool:
-    """Whether a token decoder's state has a two-block learned tail (it reads tail.tail_input_maps too)."""
-    cfg = state.get("config", {})
+def _two_block_tail(cfg: dict) -> bool:
+    """Whether a token decoder's config (as a dict) has a two-block learned tail (it reads
+    tail.tail_input_maps too)."""
     return bool(cfg.get("tail_rate")) and cfg.get("tail_blocks", 1) == 2
 
 
@@ -93,7 +93,8 @@ def _token_features(engine, batch: torch.Tensor, name: str, payload: dict) -> di
     grid = np.array([maps[0].shape[:2]])
     out = {"tokens": TokenSet(maps[0].reshape(-1, maps[0].shape[2]), grid)}
     model = payload["model"]
-    if any(_two_block_tail(s) for s in [model, *(s for m in model.get("members", []) for s in m["models"])]):
+    states = [model, *(s for m in model.get("members", []) for s in m["models"])]
+    if any(_two_block_tail(s.get("config", {})) for s in states):
         extra = tail_input_maps(batch, payload["backbone"])[0].to(torch.float16).numpy()
         out["tail"] = TokenSet(np.concatenate([maps[0], extra], -1).reshape(grid[0].prod(), -1), grid)
     return out
@@ -104,9 +105,10 @@ class _TokenPredictor:
 
     def __init__(self, trained: TrainedDecoder):
         self.trained = trained
+        self.reads = "tail" if _two_block_tail(asdict(trained.config)) else "tokens"
 
     def predict(self, features: dict[str, TokenSet]) -> np.ndarray:
-        tokens = features["tail" if _two_block_tail({"config": asdict(self.trained.config)}) else "tokens"]
+        tokens = features[self.reads]
         window = self.trained.config.window
         if window and min(tokens.grid[0]) < window:
             raise ImageTooSmallError(f"image too small for this model: its token grid is {tokens.grid[0][0]}x"
