@@ -70,7 +70,7 @@ class DecoderConfig:
     distill_weight: float = 0.0
     # the backbone's last stage learning with the decoder at this fraction of lr (tail.py; 0 = off)
     tail_rate: float = 0.0
-    tail_blocks: int = 1            # 1: block6 and head; 2: block5's last block too (on tail.tail_tokens)
+    tail_blocks: int = 1            # 1: block6 and head; n > 1: block5's last n - 1 blocks too (on tail.tail_tokens)
     # local-manifold contrast (0 = off)
     n_windows: int = 1              # windows per image per step
     contrastive_weight: float = 0.0
@@ -98,10 +98,15 @@ class DecoderConfig:
             raise ValueError(f"anchor must be learned, spectral or random, got {self.anchor!r}")
         if self.tail_rate < 0:
             raise ValueError(f"tail_rate must be >= 0, got {self.tail_rate}")
-        if self.tail_blocks not in (1, 2):
-            raise ValueError(f"tail_blocks must be 1 or 2, got {self.tail_blocks}")
+        if self.tail_blocks < 1:
+            raise ValueError(f"tail_blocks must be >= 1, got {self.tail_blocks}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+
+    @property
+    def tail_input_blocks(self) -> int:
+        """The depth of a learned tail that reads tail.tail_tokens' appended input (tail_blocks > 1), else 0."""
+        return self.tail_blocks if self.tail_rate and self.tail_blocks > 1 else 0
 
 
 @functools.lru_cache(maxsize=1)

@@ -31,10 +31,10 @@ from .backbones import load_backbone
 from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, crop_boxes_for, forward_engine, run_views, to_tensor
 from .images import ImageError, load_rgb
-from .decoder import TokenSet, TrainedDecoder
+from .decoder import DecoderConfig, TokenSet, TrainedDecoder
 from .manifold import TrainedCrops
 from .models import Trained
-from .tail import _backbone, _tail_layers, tail_input_maps
+from .tail import pretrained_layers, tail_input_maps
 from .paths import PROJECT_ROOT
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
@@ -80,23 +80,23 @@ class ImageTooSmallError(ImageError):
     """An image smaller than what the model reads (a token window, a crop)."""
 
 
-def _two_block_tail(cfg: dict) -> bool:
-    """Whether a token decoder's config (as a dict) has a two-block learned tail (it reads
-    tail.tail_input_maps too)."""
-    return bool(cfg.get("tail_rate")) and cfg.get("tail_blocks", 1) == 2
+def _tail_input_blocks(cfg: dict) -> int:
+    """A model's config (as a dict): the depth of its learned tail if that tail reads tail.tail_input_maps
+    too (DecoderConfig.tail_input_blocks), else 0 (other kinds of model included)."""
+    return DecoderConfig(**cfg).tail_input_blocks if "tail_rate" in cfg else 0
 
 
 def _token_features(engine, batch: torch.Tensor, name: str, payload: dict) -> dict[str, TokenSet]:
-    """The image's token maps ("tokens") and, when one of the payload's models has a two-block tail,
-    those maps with the tail's input appended ("tail")."""
+    """The image's token maps ("tokens") and, for each depth n of a learned tail that one of the payload's
+    models reads on tail.tail_input_maps, those maps with that input appended ("tail<n>")."""
     _, maps = run_views(engine, batch, tokens=True)
     grid = np.array([maps[0].shape[:2]])
     out = {"tokens": TokenSet(maps[0].reshape(-1, maps[0].shape[2]), grid)}
     model = payload["model"]
     states = [model, *(s for m in model.get("members", []) for s in m["models"])]
-    if any(_two_block_tail(s.get("config", {})) for s in states):
-        extra = tail_input_maps(batch, payload["backbone"])[0].to(torch.float16).numpy()
-        out["tail"] = TokenSet(np.concatenate([maps[0], extra], -1).reshape(grid[0].prod(), -1), grid)
+    for blocks in sorted({_tail_input_blocks(s.get("config", {})) for s in states} - {0}):
+        extra = tail_input_maps(batch, payload["backbone"], blocks)[0].to(torch.float16).numpy()
+        out[f"tail{blocks}"] = TokenSet(np.concatenate([maps[0], extra], -1).reshape(grid[0].prod(), -1), grid)
     return out
 
 
@@ -105,7 +105,8 @@ class _TokenPredictor:
 
     def __init__(self, trained: TrainedDecoder):
         self.trained = trained
-        self.reads = "tail" if _two_block_tail(asdict(trained.config)) else "tokens"
+        blocks = trained.config.tail_input_blocks
+        self.reads = f"tail{blocks}" if blocks else "tokens"
 
     def predict(self, features: dict[str, TokenSet]) -> np.ndarray:
         tokens = features[self.reads]
@@ -259,7 +260,7 @@ def _pretrained_tails(model: dict, backbone: str | None) -> dict:
         return model
     state = {k: v for k, v in model["state_dict"].items() if not _PRETRAINED.fullmatch(k)}
     if backbone is not None:
-        layers = _tail_layers(_backbone(backbone), cfg.get("tail_blocks", 1))
+        layers = pretrained_layers(backbone, cfg.get("tail_blocks", 1))
         state.update({f"tail.{p}{i}": t for i, layer in enumerate(layers) for p, t in zip("wb", layer)})
     return {**model, "state_dict": state}
 

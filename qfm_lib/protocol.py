@@ -166,13 +166,13 @@ class ProtocolInputs:
     _teachers: dict = field(default_factory=dict, repr=False)
 
     def tokens_for(self, cfg: DecoderConfig) -> TokenSet:
-        """The token set a decoder with `cfg` reads: the cached token maps or, for a two-block learned tail,
-        those maps with its input appended (tail.tail_tokens, computed once and cached)."""
-        if not (cfg.tail_rate and cfg.tail_blocks == 2):
+        """The token set a decoder with `cfg` reads: the cached token maps or, for a learned tail of several
+        blocks, those maps with its input appended (tail.tail_tokens, computed once and cached)."""
+        if not cfg.tail_input_blocks:
             return self.tokens
         if self.image_paths is None:
-            raise ValueError("a two-block learned tail needs the images' paths: ProtocolInputs(..., image_paths=...)")
-        return tail_tokens(self.tokens, self.image_paths, self.feature_entries["full_entry"], progress=False)
+            raise ValueError("a learned tail of several blocks needs the images' paths: ProtocolInputs(..., image_paths=...)")
+        return tail_tokens(self.tokens, self.image_paths, self.feature_entries["full_entry"], cfg.tail_input_blocks)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:

@@ -5,12 +5,12 @@ though: EfficientNet-Lite's block6 (one inverted-residual block) and head (a 1x1
 block5's stride-32 map, which the token cache holds as it is (features.TOKEN_STAGES). So a copy of those
 layers recomputes the tokens' block6 and head channels from the block5 channels of each window, and
 learns with the decoder: features that learn, without a second pass of the backbone (tail_blocks 1).
-With tail_blocks 2 the copy starts one block earlier: block5's last block (192 -> 1152 -> 192, with a
-skip) recomputes the block5 channels too, from the output of the block before it, which is on the same
-grid. That output is not in the token cache: `tail_tokens` computes it once per image set (a partial
-pass of the backbone in PyTorch, 77 s for LIVEC's 1000 photos on 2 cores) and appends it to the token
-channels, cached on disk; the tail drops those input channels from its output, so the decoder reads the
-usual channels.
+With tail_blocks n > 1 the copy starts n - 1 blocks earlier: block5's last n - 1 blocks (each 192 -> 1152
+-> 192, with a skip) recompute the block5 channels too, from the output of the block before them, which
+is on the same grid. That output is not in the token cache: `tail_tokens` computes it once per image set
+and depth (a partial pass of the backbone in PyTorch, 77 s for LIVEC's 1000 photos on 2 cores) and
+appends it to the token channels, cached on disk; the tail drops those input channels from its output,
+so the decoder reads the usual channels.
 
 Each convolution's eval-mode batch norm is folded into it (frozen statistics, as in fine-tuning with
 frozen BN). Each weight and bias is w0 + rate * delta, delta learned from zero: AdamW's steps on delta
@@ -65,17 +65,30 @@ def _inverted_residual(block: nn.Module, skip: bool, where: str) -> list[tuple[t
     return [_folded(block.conv_pw, block.bn1), _folded(block.conv_dw, block.bn2), _folded(block.conv_pwl, block.bn3)]
 
 
-def _tail_layers(backbone: Backbone, blocks: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The folded convolutions of the backbone's last `blocks` blocks and head: block6 (one block, no
-    skip) and, with blocks=2, block5's last block (with its skip) before it (EfficientNet-Lite's shape only)."""
-    if blocks not in (1, 2):
-        raise ValueError(f"the learned tail has 1 or 2 blocks, got {blocks}")
+def _last_stages(backbone: Backbone, blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """Block5 and block6 of an EfficientNet-Lite, checked to hold a tail of `blocks` blocks: block6 (one
+    block) and block5's last blocks - 1 blocks (its first block, which changes the width, stays out)."""
     groups = getattr(backbone.model, "blocks", [])
     if len(groups) < 2 or len(groups[-1]) != 1 or len(groups[-2]) < 2:
         raise ValueError(f"the learned tail needs EfficientNet-Lite's last stages; {backbone.name} differs")
-    layers = _inverted_residual(groups[-2][-1], True, "block5's last block") if blocks == 2 else []
+    if not 1 <= blocks <= len(groups[-2]):
+        raise ValueError(f"a learned tail of {backbone.name} has 1 to {len(groups[-2])} blocks, got {blocks}")
+    return groups[-2], groups[-1]
+
+
+def _tail_layers(backbone: Backbone, blocks: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    block5, block6 = _last_stages(backbone, blocks)
+    layers = [layer for i, block in enumerate(block5[len(block5) - blocks + 1:])
+              for layer in _inverted_residual(block, True, f"block5's block {len(block5) - blocks + 2 + i}")]
     m = backbone.model
-    return layers + _inverted_residual(groups[-1][0], False, "block6") + [_folded(m.conv_head, m.bn2)]
+    return layers + _inverted_residual(block6[0], False, "block6") + [_folded(m.conv_head, m.bn2)]
+
+
+def pretrained_layers(backbone: str, blocks: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The folded (weight, bias) of each convolution of the backbone's learned tail of `blocks` blocks, in
+    order: block5's last blocks - 1 blocks (with their skips), block6 (no skip), the head
+    (EfficientNet-Lite's shape only)."""
+    return _tail_layers(_backbone(backbone), blocks)
 
 
 def tail_channels(names: list[tuple[str, str, int]]) -> tuple[int, int]:
@@ -92,9 +105,9 @@ def tail_channels(names: list[tuple[str, str, int]]) -> tuple[int, int]:
 
 class LearnedTail(nn.Module):
     """Recomputes the last stages' channels of normalised token windows (B, T, C), T = w x w cells, and
-    learns. One block (blocks=1): block6 and head from the cached block5 channels. Two blocks: block5,
-    block6 and head from the output of block5's third block, which tail_tokens appends to the token
-    channels; those input channels are dropped from the output. Every other channel passes unchanged.
+    learns. One block (blocks=1): block6 and head from the cached block5 channels. n > 1 blocks: block5,
+    block6 and head from the output of block5's block n - 1 from its end, which tail_tokens appends to the
+    token channels; those input channels are dropped from the output. Every other channel passes unchanged.
     Its state holds the pretrained (folded) weights, so a decoder's state alone rebuilds it (from_state).
 
     read: the input channels' [start, end); write: where the recomputed channels start (the output has
@@ -119,15 +132,16 @@ class LearnedTail(nn.Module):
     def for_tokens(cls, backbone: str, mean: np.ndarray, std: np.ndarray, rate: float,
                    blocks: int = 1) -> "LearnedTail":
         """The tail of the backbone that wrote the tokens, normalised as the tokens are (mean, std: one
-        value per channel; with blocks=2 the token channels followed by tail_tokens' input channels)."""
+        value per channel; with blocks > 1 the token channels followed by tail_tokens' input channels)."""
         b = _backbone(backbone)
         layers = _tail_layers(b, blocks)
-        block5, block6 = tail_channels(token_channel_names(b.stage_names, b.stage_channels))
-        channels = len(token_channel_names(b.stage_names, b.stage_channels))
+        names = token_channel_names(b.stage_names, b.stage_channels)
+        block5, block6 = tail_channels(names)
+        channels = len(names)
         read = (block5, block6) if blocks == 1 else (channels, channels + layers[0][0].shape[1])
         if len(mean) != max(channels, read[1]):
             raise ValueError(f"a {blocks}-block tail of {backbone} reads {max(channels, read[1])} token channels, "
-                             f"got {len(mean)}" + (" (tail_tokens appends its input)" if blocks == 2 else ""))
+                             f"got {len(mean)}" + (" (tail_tokens appends its input)" if blocks > 1 else ""))
         return cls(layers, read, block6 if blocks == 1 else block5, mean, std, rate)
 
     @classmethod
@@ -136,8 +150,8 @@ class LearnedTail(nn.Module):
         load_state_dict fills it."""
         n = sum(1 for k in state if k.startswith("w"))
         layers = [(torch.empty_like(state[f"w{i}"]), torch.empty_like(state[f"b{i}"])) for i in range(n)]
-        channels, width = len(state["mean"]), state["w0"].shape[1]
-        written = sum(len(state[f"b{i}"]) for i in range(2, n, 3)) + len(state[f"b{n - 1}"])
+        channels, width, blocks = len(state["mean"]), state["w0"].shape[1], (n - 1) // 3
+        written = sum(len(state[f"b{i}"]) for i in _written_layers(blocks))
         if n == 4:  # one block: block6 and head written after block5, which it reads
             read = (channels - written - width, channels - written)
             return cls(layers, read, read[1], np.zeros(channels), np.ones(channels), rate)
@@ -146,7 +160,7 @@ class LearnedTail(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """Channels of its output: the token channels (with two blocks, without the appended input)."""
+        """Channels of its output: the token channels (with blocks > 1, without the appended input)."""
         return len(self.mean) if self.blocks == 1 else self.read[0]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,14 +173,16 @@ class LearnedTail(nn.Module):
         return F.relu6(h) if relu6 else h
 
     def maps(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) raw input maps -> (B, C_out, H, W) raw maps of each block's output, then the head's."""
+        """(B, C_in, H, W) raw input maps -> (B, C_out, H, W) raw maps of the token stages it recomputes:
+        block5's output (blocks > 1), block6's, the head's."""
         h, outs = inputs, []
         for block in range(self.blocks):
             x = h
             for j, relu6 in enumerate((True, True, False)):
                 h = self._conv(h, 3 * block + j, relu6)
-            h = h + x if block < self.blocks - 1 else h  # block5's last block has a skip, block6 none
-            outs.append(h)
+            h = h + x if block < self.blocks - 1 else h  # block5's blocks have a skip, block6 none
+            if block >= self.blocks - 2:  # block5's last block and block6
+                outs.append(h)
         outs.append(self._conv(h, 3 * self.blocks, True))
         return torch.cat(outs, 1)
 
@@ -183,34 +199,46 @@ class LearnedTail(nn.Module):
         return torch.cat([x[..., :self.write], out.to(x.dtype)], -1)
 
 
-def tail_input_maps(batch: torch.Tensor, backbone: str) -> torch.Tensor:
-    """(B, 3, H, W) normalised images -> (B, H/32, W/32, C5) the output of block5's last block but one:
-    what a two-block tail reads (a partial pass of the backbone in PyTorch)."""
-    m = _backbone(backbone).model
+def _written_layers(blocks: int) -> list[int]:
+    """The indices of a tail's layers whose outputs it writes: the last two blocks' last convolutions
+    (block5's last block, block6; only block6 with blocks=1) and the head."""
+    return [3 * k + 2 for k in range(max(0, blocks - 2), blocks)] + [3 * blocks]
+
+
+def tail_input_maps(batch: torch.Tensor, backbone: str, blocks: int = 2) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, H/32, W/32, C5) what a tail of `blocks` > 1 blocks reads: the
+    output of block5's block blocks - 1 from its end (a partial pass of the backbone in PyTorch)."""
+    if blocks < 2:
+        raise ValueError("a tail of one block reads the cached block5 cells, not tail_input_maps")
+    b = _backbone(backbone)
+    block5, _ = _last_stages(b, blocks)
+    m = b.model
     with torch.inference_mode():
         x = m.bn1(m.conv_stem(batch.contiguous(memory_format=torch.channels_last)))
         for group in m.blocks[:-2]:
             x = group(x)
-        for block in m.blocks[-2][:-1]:
+        for block in block5[:len(block5) - blocks + 1]:
             x = block(x)
     return x.permute(0, 2, 3, 1).float()
 
 
-def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, progress: bool = True) -> TokenSet:
-    """`tokens` with tail_input_maps' channels appended to every cell (fp16): the token set of a two-block
-    tail. Computed once per image set (`key`: the token cache entry, which hashes the images and the
-    backbone; paths: each image's file, in the tokens' order) and kept memory-mapped under
-    <cache>/tail_tokens/, written atomically; a grid that differs from the tokens' is an error naming
+def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, blocks: int = 2,
+                progress: bool = True) -> TokenSet:
+    """`tokens` with tail_input_maps' channels appended to every cell (fp16): the token set of a tail of
+    `blocks` > 1 blocks. Computed once per image set and depth (`key`: the token cache entry, which hashes
+    the images and the backbone; paths: each image's file, in the tokens' order) and kept memory-mapped
+    under <cache>/tail_tokens/, written atomically; a grid that differs from the tokens' is an error naming
     the image."""
     from .decoder import TokenSet
 
     if tokens.backbone is None:
-        raise ValueError("a two-block tail needs to know the tokens' backbone: TokenSet(..., backbone=name)")
-    path = cache_path("tail_tokens", {"tokens": key, "backbone": tokens.backbone, "version": TAIL_INPUT_VERSION}, ".npy")
+        raise ValueError("a tail of several blocks needs to know the tokens' backbone: TokenSet(..., backbone=name)")
+    path = cache_path("tail_tokens", {"tokens": key, "backbone": tokens.backbone, "blocks": blocks,
+                                      "version": TAIL_INPUT_VERSION}, ".npy")
     if path not in _OPENED:  # one token set per file and process: its per-image statistics are computed once
         with _exclusive(path):
             if not path.is_file():
-                _write_tail_tokens(tokens, paths, path, progress)
+                _write_tail_tokens(tokens, paths, path, blocks, progress)
         _OPENED[path] = TokenSet(np.load(path, mmap_mode="r"), tokens.grid, tokens.names, tokens.backbone)
     return _OPENED[path]
 
@@ -218,14 +246,14 @@ def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, progres
 _OPENED: dict = {}
 
 
-def _write_tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], path: Path, progress: bool) -> None:
+def _write_tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], path: Path, blocks: int, progress: bool) -> None:
     b = _backbone(tokens.backbone)
     width = b.stage_channels[b.stage_names.index("block5")]
     partial = path.with_name(path.stem + ".partial.npy")
     out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(tokens.tokens), tokens.channels + width))
     try:
-        for r, image in enumerate(tqdm(paths, desc="tail inputs", disable=not progress)):
-            maps = tail_input_maps(to_tensor(load_rgb(image), b)[None], tokens.backbone)[0]
+        for r, image in enumerate(tqdm(paths, desc=f"tail inputs ({blocks} blocks)", disable=not progress)):
+            maps = tail_input_maps(to_tensor(load_rgb(image), b)[None], tokens.backbone, blocks)[0]
             if tuple(maps.shape[:2]) != tuple(tokens.grid[r]):
                 raise ValueError(f"{image}: its {maps.shape[0]}x{maps.shape[1]} grid differs from the cached tokens' "
                                  f"{tokens.grid[r][0]}x{tokens.grid[r][1]} (tokens of another image, backbone or grid)")

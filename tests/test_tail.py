@@ -90,16 +90,18 @@ def test_a_fit_does_not_depend_on_whether_it_loaded_the_backbone(real_tokens):
     np.testing.assert_array_equal(first, again)
 
 
-def test_two_block_tail_reads_the_appended_input_and_reproduces_the_cached_cells(real_tokens):
-    """tail_tokens appends the output of block5's last block but one; at delta 0 the folded block5 block,
-    block6 and head, fed it, give the cached block5, block6 and head cells, and the output drops the input."""
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_deeper_tail_reads_the_appended_input_and_reproduces_the_cached_cells(real_tokens, blocks):
+    """tail_tokens appends the output of block5's block blocks - 1 from its end; at delta 0 the folded
+    block5 blocks, block6 and head, fed it, give the cached block5, block6 and head cells, and the output
+    drops the input."""
     table, tokens = real_tokens
-    joined = tail_tokens(tokens, list(table["path"]), "test")
+    joined = tail_tokens(tokens, list(table["path"]), "test", blocks)
     c = tokens.channels
     assert joined.channels == c + 192
     np.testing.assert_array_equal(np.asarray(joined.tokens[:, :c]), np.asarray(tokens.tokens))
-    tail = LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c + 192), np.ones(c + 192), 1.0, blocks=2)
-    assert (tail.blocks, tail.read, tail.out_channels) == (2, (c, c + 192), c)
+    tail = LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c + 192), np.ones(c + 192), 1.0, blocks=blocks)
+    assert (tail.blocks, tail.read, tail.out_channels) == (blocks, (c, c + 192), c)
     (h, w), start = joined.grid[0], joined.offsets[0]
     cells = torch.from_numpy(np.asarray(joined.tokens[start:start + h * w], np.float32)).view(h, w, -1)
     with torch.no_grad():
@@ -109,13 +111,15 @@ def test_two_block_tail_reads_the_appended_input_and_reproduces_the_cached_cells
     with torch.no_grad():
         out = tail(cells[2:7, 3:8].reshape(1, 25, -1))
     assert out.shape == (1, 25, c)
+    empty = LearnedTail.from_state({k: v for k, v in tail.state_dict().items() if not k.startswith("d")}, 1.0)
+    assert (empty.blocks, empty.read, empty.write) == (tail.blocks, tail.read, tail.write)
     with pytest.raises(ValueError, match="reads 2368 token channels, got 2176"):
-        LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c), np.ones(c), 1.0, blocks=2)
+        LearnedTail.for_tokens("tf_efficientnet_lite0", np.zeros(c), np.ones(c), 1.0, blocks=blocks)
 
 
 def test_decoder_with_a_two_block_tail_learns_saves_and_predicts(real_tokens, tmp_path, lite0):
     table, tokens = real_tokens
-    joined = tail_tokens(tokens, list(table["path"]), "test")
+    joined = tail_tokens(tokens, list(table["path"]), "test", 2)
     y = table["mos"].to_numpy(float)
     trained = fit_decoder(joined, y, np.arange(7), np.arange(7, 10), replace(TINY, tail_blocks=2, max_epochs=2))
     assert trained.model.tail.blocks == 2 and trained.model.proj[0].in_features == tokens.channels
@@ -136,8 +140,12 @@ def test_decoder_with_a_two_block_tail_learns_saves_and_predicts(real_tokens, tm
 
 def test_two_block_tail_errors(real_tokens, tmp_path):
     table, tokens = real_tokens
-    with pytest.raises(ValueError, match="tail_blocks must be 1 or 2"):
-        DecoderConfig(tail_blocks=3)
+    with pytest.raises(ValueError, match="tail_blocks must be >= 1"):
+        DecoderConfig(tail_blocks=0)
+    with pytest.raises(ValueError, match="has 1 to 4 blocks, got 5"):
+        LearnedTail.for_tokens("tf_efficientnet_lite0", tokens.mean, tokens.std, 1.0, blocks=5)
+    assert (DecoderConfig(tail_rate=1.0, tail_blocks=3).tail_input_blocks, DecoderConfig(tail_blocks=3).tail_input_blocks,
+            DecoderConfig(tail_rate=1.0).tail_input_blocks) == (3, 0, 0)
     wide = tmp_path / "wide.png"
     write_image(wide, size=(700, 200))
     with pytest.raises(ValueError, match=f"{wide}: its 7x22 grid differs"):
