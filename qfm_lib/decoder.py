@@ -7,8 +7,8 @@ a copy of the backbone's last stage):
 
     tokens (B, T, C), z-scored per channel with the training images' statistics
     -> [learned tail (tail.py, cfg.tail_rate > 0): the backbone's last stage recomputes the block6 and
-       head channels from each window's block5 channels, and learns; cfg.tail_blocks 2: block5's last
-       block too, from the output of the block before it (tail.tail_tokens appends it to the tokens)]
+       head channels from each window's block5 channels, and learns; cfg.tail_blocks n > 1: block5's
+       last n - 1 blocks too, from the output of the block before them (tail.tail_tokens appends it)]
     -> channel gate: x * 2·sigmoid(MLP(mean_T x))  (input-conditioned, per channel, identity at init;
        QFM-IQM's adaptive feature selection on the upstream features; off: x unchanged)
     -> projection C -> d, LayerNorm
@@ -133,7 +133,7 @@ class QualityDecoder(nn.Module):
         super().__init__()
         self.bf16 = precision(cfg) == "bf16"
         self.tail = tail
-        channels = tail.out_channels if tail is not None else channels  # a two-block tail drops its input's
+        channels = tail.out_channels if tail is not None else channels  # a deeper tail drops its appended input
         self.gate = nn.Sequential(nn.Linear(channels, cfg.gate_hidden), nn.ReLU(),
                                   nn.Linear(cfg.gate_hidden, channels)) if cfg.gated else None
         if self.gate is not None:

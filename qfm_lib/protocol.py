@@ -101,8 +101,10 @@ def _token_config(**settings) -> DecoderConfig:
 # entry below). 0.3 was the edge of its grid, so docs/explorations/tail_rate.py (same splits, seeds and rule,
 # lr 3e-4) tried 1 and 3: 1 replaced 0.3 (mean paired gain +0.0066, on 6 of 8). Then two blocks replaced one:
 # block5's last block learning too, from the output of the block before it (docs/explorations/deeper_tail.py,
-# same splits, seeds and rule, rate 1 and lr 3e-4; mean paired gain +0.0113, on 7 of 8). None of these
-# searches is rerun by the batch: if TUNED ever moves, rerun tail_settings.py, tail_rate.py and deeper_tail.py.
+# same splits, seeds and rule, rate 1 and lr 3e-4; mean paired gain +0.0113, on 7 of 8). Three and four
+# blocks did not help further (docs/explorations/third_block.py: +0.0018 on 3 of 8; -0.0047 on 2 of 8). None of
+# these searches is rerun by the batch: if TUNED ever moves, rerun tail_settings.py, tail_rate.py, deeper_tail.py
+# and third_block.py.
 _TAIL_RATE = 1.0
 _TAIL_BLOCKS = 2
 _LMC = _token_config(gated=False, n_windows=2, contrastive_weight=0.2, mutual_weight=1.0, ema=True)

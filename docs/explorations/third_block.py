@@ -20,6 +20,14 @@ pairs. The depth with the highest mean d_n is adopted if that mean is >= 0.005 a
 and the next full run recomputes the tail's rows and what is built on them. Otherwise nothing changes
 and docs/method.md reports the numbers.
 
+Run (2026-12-05, 17:07-17:54): the three tail inputs took 75 s each (PyTorch, 13 images/s); the 24 fits
+40.9 min, two at a time. The refitted seed-0 baselines equal the committed protocol rows exactly (largest
+difference 0), so the library's generalisation to n blocks left the two-block tail's numbers unchanged.
+Median validation score 0.8476 (two blocks), 0.8511 (three), 0.8448 (four); mean paired d +0.0018 for
+three blocks (positive on 3 of 8, -0.005 to +0.012) and -0.0047 for four (2 of 8, -0.023 to +0.020). Rule
+not met: the tail keeps two blocks. The depth direction is exhausted here: the gain of the second block
+(+0.0113, deeper_tail.py) did not continue, and four blocks scattered most (best epochs 10.5 against 15.5).
+
 Writes docs/explorations/third_block.csv (every fit) and prints the verdict. Run from the repository root
 with QFM_DATA_ROOT set (24 fits and two extractions, about 35 min on 2 cores):
 
