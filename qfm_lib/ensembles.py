@@ -18,19 +18,18 @@ validation and test scores are in the tables.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from . import predict, protocol
 from .cache import atomic_write, cache_path, digest
 from .decoder import TrainedDecoder
+from .features import one_torch_thread
 from .manifold import TrainedCrops
 from .metrics import iqa_metrics, selection_score
 
@@ -47,7 +46,8 @@ from .metrics import iqa_metrics, selection_score
 # with the tail at rate 0.3 it chose the learned tail, lmc and qfm-iqm (0.8544); on the committed rows (the
 # tail at rate 1, docs/explorations/tail_rate.py) the learned tail, lmc and window regression (0.8535 against
 # 0.8516 for the third; qfm-iqm as a fourth member would have added 0.0004, below the rule's 0.002). Rerun
-# once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8575).
+# once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8575); and once its
+# input was built on one thread (its rows changed a little): the same three (0.8562).
 MEANS: dict[str, tuple[str, ...]] = {
     "window regression + lmc (mean)": ("window regression (EMA)", "lmc"),
     "decoder + lmc (mean)": ("decoder", "lmc"),
@@ -73,17 +73,6 @@ def mean_row_key(inp: protocol.ProtocolInputs, name: str, split: int) -> dict:
 
 def _mean_row_path(inp: protocol.ProtocolInputs, name: str, split: int) -> Path:
     return cache_path("results", mean_row_key(inp, name, split), ".json")
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """As the protocol's rows are computed (a refit reproduces its row only on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def member_model(inp: protocol.ProtocolInputs, member: str, split: int) -> TrainedDecoder | TrainedCrops:
@@ -138,7 +127,7 @@ def evaluate_mean_row(inp: protocol.ProtocolInputs, name: str, split: int) -> di
     own = {m: protocol.evaluate_row(inp, m, split) for m in members(name)}
     parts = inp.parts(split)
     val, test = parts["val"], parts["test"]
-    with _one_torch_thread():
+    with one_torch_thread():  # as the protocol's rows (a refit reproduces its row only on one thread)
         scorers = [verified_scorer(inp, m, split) for m in own]
         val_pred = np.mean([score(val) for score in scorers], axis=0)
         test_metrics = iqa_metrics(np.mean([score(test) for score in scorers], axis=0), inp.y[test])
@@ -198,7 +187,7 @@ def fit_final(inp: protocol.ProtocolInputs, name: str, results: pd.DataFrame):
     if not splits:
         raise ValueError(f"results hold no rows of {name!r}: evaluate it first")
     groups = []
-    with _one_torch_thread():
+    with one_torch_thread():
         for m in members(name):
             models = [member_model(inp, m, s) for s in splits]
             for s, model in zip(splits, models):

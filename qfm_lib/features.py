@@ -443,6 +443,19 @@ def _load_entry(entry: Path) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside, as before outside. Its convolutions and matmuls give other bits on
+    other thread counts (about 1% of fp16 values differ between 1 and 2 threads), so whatever is cached or
+    compared runs on one: the same numbers in a worker, a notebook kernel or a script."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _exclusive(entry: Path):
     """An exclusive lock (flock on <entry>.lock) held while one process extracts the entry."""
     entry.parent.mkdir(parents=True, exist_ok=True)

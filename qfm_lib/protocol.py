@@ -28,6 +28,7 @@ import torch
 from .baselines import fit_ridge, fit_svr
 from .cache import atomic_write, cache_path, digest
 from .decoder import DecoderConfig, TokenSet, TrainedDecoder, precision
+from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
 from .manifold import ManifoldConfig, TrainedCrops, train_crop_model
 from .metrics import iqa_metrics, selection_score
@@ -363,9 +364,7 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int, score_test: bool = 
     path = _row_path(inp, name, split, score_test)
     if path.is_file():
         return json.loads(path.read_text())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread per row, serial or in a worker: the same numbers either way
-    try:
+    with one_torch_thread():  # one thread per row, serial or in a worker: the same numbers either way
         start = time.perf_counter()
         score, info, model = _fit(inp, name, split)
         seconds = time.perf_counter() - start
@@ -373,8 +372,6 @@ def evaluate_row(inp: ProtocolInputs, name: str, split: int, score_test: bool = 
         val_pred, y_val = score(parts["val"]), inp.y[parts["val"]]
         val = iqa_metrics(val_pred, y_val)
         test = iqa_metrics(score(parts["test"]), inp.y[parts["test"]]) if score_test else {}
-    finally:
-        torch.set_num_threads(threads)
     row = {"variant": name, "split": split, **{m: test[m] for m in ("plcc", "srcc", "krcc", "rmse") if m in test},
            "val_score": selection_score(val_pred, y_val), "val_plcc": val["plcc"], "val_srcc": val["srcc"],
            "fit_seconds": round(seconds, 2), "settings": info}

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
 from .cache import cache_path
-from .features import TOKEN_STAGES, _exclusive, to_tensor, token_channel_names
+from .features import TOKEN_STAGES, _exclusive, one_torch_thread, to_tensor, token_channel_names
 from .images import load_rgb
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 # the stages the tail reads and writes, in the token channels' order (each stored whole: "mean" only)
 TAIL_STAGES = ("block5", "block6", "head")
-TAIL_INPUT_VERSION = 1  # bump when tail_input_maps changes: the joined token files are keyed by it
+TAIL_INPUT_VERSION = 2  # bump when tail_input_maps changes: the joined token files are keyed by it (2: one thread)
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,7 +213,7 @@ def tail_input_maps(batch: torch.Tensor, backbone: str, blocks: int = 2) -> torc
     b = _backbone(backbone)
     block5, _ = _last_stages(b, blocks)
     m = b.model
-    with torch.inference_mode():
+    with torch.inference_mode(), one_torch_thread():  # the same bits wherever it runs (cached, then compared)
         x = m.bn1(m.conv_stem(batch.contiguous(memory_format=torch.channels_last)))
         for group in m.blocks[:-2]:
             x = group(x)

@@ -7,8 +7,9 @@ import torch
 
 from qfm_lib import predict
 from qfm_lib.decoder import DecoderConfig, TokenSet, TrainedDecoder, fit_decoder
-from qfm_lib.features import FeatureSpec, extract_features, token_channel_names
-from qfm_lib.tail import LearnedTail, tail_channels, tail_tokens
+from qfm_lib.features import FeatureSpec, extract_features, to_tensor, token_channel_names
+from qfm_lib.images import load_rgb
+from qfm_lib.tail import LearnedTail, tail_channels, tail_input_maps, tail_tokens
 
 from .conftest import write_image
 
@@ -150,3 +151,18 @@ def test_two_block_tail_errors(real_tokens, tmp_path):
     write_image(wide, size=(700, 200))
     with pytest.raises(ValueError, match=f"{wide}: its 7x22 grid differs"):
         tail_tokens(tokens, [wide] + list(table["path"][1:]), "wrong image")
+
+
+def test_tail_input_maps_do_not_depend_on_the_thread_count(livec, lite0):
+    """The tail's input is cached, then compared with what `qfm predict` computes: it must have the same
+    bits whatever thread count the process runs (PyTorch's convolutions differ in the last bits otherwise)."""
+    x = to_tensor(load_rgb(livec["path"][0]), lite0)[None]
+    threads = torch.get_num_threads()
+    try:
+        maps = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            maps.append(tail_input_maps(x, "tf_efficientnet_lite0", 3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(maps[0], maps[1])
