@@ -21,6 +21,8 @@ window regression (0.8535; qfm-iqm as a fourth would have added 0.0004), which b
 window regression (mean)": test 0.873/0.843, first on test too, level with the first mean within the noise.
 Rerun once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8464,
 0.8549, 0.8575; qfm-iqm as a fourth would have lost 0.0015), so the mean kept its members: test 0.876/0.843.
+Rerun once the tail's input was built on one thread (its rows changed a little, docs/method.md): the same
+three members (0.8449, 0.8511, 0.8562; qfm-iqm as a fourth would have lost 0.0004): test 0.875/0.843.
 
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
