@@ -8,9 +8,9 @@ learns with the decoder: features that learn, without a second pass of the backb
 With tail_blocks n > 1 the copy starts n - 1 blocks earlier: block5's last n - 1 blocks (each 192 -> 1152
 -> 192, with a skip) recompute the block5 channels too, from the output of the block before them, which
 is on the same grid. That output is not in the token cache: `tail_tokens` computes it once per image set
-and depth (a partial pass of the backbone in PyTorch, 77 s for LIVEC's 1000 photos on 2 cores) and
-appends it to the token channels, cached on disk; the tail drops those input channels from its output,
-so the decoder reads the usual channels.
+and depth (a partial pass of the backbone in PyTorch, on one torch thread so that its bits do not depend
+on the process: 113 s for LIVEC's 1000 photos) and appends it to the token channels, cached on disk; the
+tail drops those input channels from its output, so the decoder reads the usual channels.
 
 Each convolution's eval-mode batch norm is folded into it (frozen statistics, as in fine-tuning with
 frozen BN). Each weight and bias is w0 + rate * delta, delta learned from zero: AdamW's steps on delta
