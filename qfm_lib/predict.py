@@ -256,11 +256,12 @@ def _pretrained_tails(model: dict, backbone: str | None) -> dict:
         return {**model, "members": [{**m, "models": [_pretrained_tails(s, backbone) for s in m["models"]]}
                                      for m in model["members"]]}
     cfg = model.get("config") if isinstance(model.get("config"), dict) else {}
-    if "state_dict" not in model or not cfg.get("tail_rate"):
+    decoder = DecoderConfig(**cfg) if "state_dict" in model and "tail_rate" in cfg else None
+    if decoder is None or not decoder.tail_rate:
         return model
     state = {k: v for k, v in model["state_dict"].items() if not _PRETRAINED.fullmatch(k)}
     if backbone is not None:
-        layers = pretrained_layers(backbone, cfg.get("tail_blocks", 1))
+        layers = pretrained_layers(backbone, decoder.tail_blocks)
         state.update({f"tail.{p}{i}": t for i, layer in enumerate(layers) for p, t in zip("wb", layer)})
     return {**model, "state_dict": state}
 
