@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
 from qfm_lib import ensembles, predict, protocol
+from qfm_lib.features import one_torch_thread
 from qfm_lib.metrics import iqa_metrics
 from tests.test_protocol import _inputs, fast_variants  # noqa: F401 (fixture)
 
@@ -17,13 +17,9 @@ def test_mean_row_averages_the_models_its_members_rows_trained(fast_variants, mo
     assert members == ("window regression (EMA)", "lmc")
     row = ensembles.evaluate_mean_row(inp, MEAN, 0)
     test, y = inp.parts(0)["test"], inp.y
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as rows are computed
-    try:
+    with one_torch_thread():  # as rows are computed
         preds = [protocol.trained_model(inp, members[0], 0).predict(inp.tokens, test),
                  protocol._fit(inp, members[1], 0)[0](test)]
-    finally:
-        torch.set_num_threads(threads)
     expected = iqa_metrics((preds[0] + preds[1]) / 2, y[test])
     assert row["plcc"] == pytest.approx(expected["plcc"]) and row["srcc"] == pytest.approx(expected["srcc"])
     own = [protocol.evaluate_row(inp, m, 0) for m in members]
@@ -76,12 +72,8 @@ def test_final_mean_holds_the_models_its_rows_averaged(fast_variants, monkeypatc
     (wr, wr_kind, wr_models), (lmc, lmc_kind, lmc_models) = final.members
     assert (wr_kind, lmc_kind) == ("token-decoder", "pooled-crops") and len(wr_models) == len(lmc_models) == 2
     rows = inp.parts(1)["test"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         expected = protocol._fit(inp, lmc, 1)[0](rows)  # the lmc row's own fit
-    finally:
-        torch.set_num_threads(threads)
     np.testing.assert_array_equal(lmc_models[1].predict(inp.crops[rows]), expected)
     kept = protocol.trained_model(inp, wr, 1)
     np.testing.assert_array_equal(wr_models[1].trained.predict(inp.tokens, rows), kept.predict(inp.tokens, rows))

@@ -173,6 +173,27 @@ def test_onnxruntime_matches_the_pytorch_reference(small_livec, lite0, tmp_path)
     np.testing.assert_array_equal(fast.token_grid, ref.token_grid)
 
 
+def test_onnxruntime_extraction_does_not_depend_on_the_thread_count(small_livec, lite0, tmp_path):
+    """Cached features are computed on whatever thread count the process runs (1 in a row worker, all
+    cores in a notebook) and later compared bit for bit: ONNX Runtime must give the same bits on 1 and 2
+    intra-op threads (PyTorch's convolutions do not: features.one_torch_thread)."""
+    import torch
+
+    from qfm_lib.features import run_views, to_tensor
+
+    x = to_tensor(load_rgb(small_livec["path"][0]), lite0)[None]
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)  # OnnxEngine takes its intra-op thread count from torch's
+            outs.append(run_views(F.forward_engine(lite0, "onnxruntime", tmp_path), x, tokens=True))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         FeatureSpec(engine="tensorrt")
