@@ -49,3 +49,19 @@ def write_image(path: Path, size=(64, 48), mode="RGB", seed=0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def outputs_on_thread_counts(compute, counts=(1, 2)) -> list:
+    """compute() once on each torch thread count, the process's own count restored afterwards: for tests
+    that what is cached has the same bits whatever thread count computed it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            outs.append(compute())
+    finally:
+        torch.set_num_threads(threads)
+    return outs

@@ -6,7 +6,7 @@ import qfm_lib.features as F
 from qfm_lib.features import FeatureSpec, crop_boxes_for, extract_features
 from qfm_lib.images import ImageError, load_rgb
 
-from .conftest import write_image
+from .conftest import outputs_on_thread_counts, write_image
 
 
 def _table(paths):
@@ -177,19 +177,11 @@ def test_onnxruntime_extraction_does_not_depend_on_the_thread_count(small_livec,
     """Cached features are computed on whatever thread count the process runs (1 in a row worker, all
     cores in a notebook) and later compared bit for bit: ONNX Runtime must give the same bits on 1 and 2
     intra-op threads (PyTorch's convolutions do not: features.one_torch_thread)."""
-    import torch
-
     from qfm_lib.features import run_views, to_tensor
 
     x = to_tensor(load_rgb(small_livec["path"][0]), lite0)[None]
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)  # OnnxEngine takes its intra-op thread count from torch's
-            outs.append(run_views(F.forward_engine(lite0, "onnxruntime", tmp_path), x, tokens=True))
-    finally:
-        torch.set_num_threads(threads)
+    # a new engine per count: OnnxEngine takes its intra-op thread count from torch's when it is built
+    outs = outputs_on_thread_counts(lambda: run_views(F.forward_engine(lite0, "onnxruntime", tmp_path), x, tokens=True))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 

@@ -11,7 +11,7 @@ from qfm_lib.features import FeatureSpec, extract_features, to_tensor, token_cha
 from qfm_lib.images import load_rgb
 from qfm_lib.tail import LearnedTail, tail_channels, tail_input_maps, tail_tokens
 
-from .conftest import write_image
+from .conftest import outputs_on_thread_counts, write_image
 
 TINY = replace(DecoderConfig(), dim=16, heads=2, gate_hidden=8, window=3, max_epochs=2, patience=2,
                tail_rate=0.3, gated=False)
@@ -157,12 +157,5 @@ def test_tail_input_maps_do_not_depend_on_the_thread_count(livec, lite0):
     """The tail's input is cached, then compared with what `qfm predict` computes: it must have the same
     bits whatever thread count the process runs (PyTorch's convolutions differ in the last bits otherwise)."""
     x = to_tensor(load_rgb(livec["path"][0]), lite0)[None]
-    threads = torch.get_num_threads()
-    try:
-        maps = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            maps.append(tail_input_maps(x, "tf_efficientnet_lite0", 3))
-    finally:
-        torch.set_num_threads(threads)
+    maps = outputs_on_thread_counts(lambda: tail_input_maps(x, "tf_efficientnet_lite0", 3))
     assert torch.equal(maps[0], maps[1])
