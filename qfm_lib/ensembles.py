@@ -47,12 +47,16 @@ from .metrics import iqa_metrics, selection_score
 # tail at rate 1, docs/explorations/tail_rate.py) the learned tail, lmc and window regression (0.8535 against
 # 0.8516 for the third; qfm-iqm as a fourth member would have added 0.0004, below the rule's 0.002). Rerun
 # once the tail had two blocks (docs/explorations/deeper_tail.py): the same three members (0.8575); and once its
-# input was built on one thread (its rows changed a little): the same three (0.8562).
+# input was built on one thread (its rows changed a little): the same three (0.8562). The fifth: rerun once the
+# tail's depthwise convolutions ran in float32 (2026-12-06; its rows changed a little again), the rule chose the
+# learned tail (0.8461), lmc (0.8545) and qfm-iqm (0.8568; window regression in its place 0.8559; decoder+gate
+# as a fourth would have added 0.0002, below the rule's 0.002).
 MEANS: dict[str, tuple[str, ...]] = {
     "window regression + lmc (mean)": ("window regression (EMA)", "lmc"),
     "decoder + lmc (mean)": ("decoder", "lmc"),
     "window regression + lmc + qfm-iqm (mean)": ("window regression (EMA)", "lmc", "qfm-iqm (gate+adversarial matching)"),
     "learned tail + lmc + window regression (mean)": ("window regression + learned tail", "lmc", "window regression (EMA)"),
+    "learned tail + lmc + qfm-iqm (mean)": ("window regression + learned tail", "lmc", "qfm-iqm (gate+adversarial matching)"),
 }
 ALL_VARIANTS: list[str] = protocol.ALL_VARIANTS + list(MEANS)
 # A final mean holds its members' kept models (the kinds in protocol.KEPT_KINDS); predict.py's kind of each.

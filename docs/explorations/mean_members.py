@@ -23,6 +23,10 @@ Rerun once the tail had two blocks (docs/explorations/deeper_tail.py): the same 
 0.8549, 0.8575; qfm-iqm as a fourth would have lost 0.0015), so the mean kept its members: test 0.876/0.843.
 Rerun once the tail's input was built on one thread (its rows changed a little, docs/method.md): the same
 three members (0.8449, 0.8511, 0.8562; qfm-iqm as a fourth would have lost 0.0004): test 0.875/0.843.
+Rerun once the tail's depthwise convolutions ran in float32 (2026-12-06; its rows changed a little again):
+the learned tail (0.8461), lmc (0.8545) and qfm-iqm (0.8568; decoder+gate as a fourth would have added
+0.0002), which became "learned tail + lmc + qfm-iqm (mean)": test 0.874/0.845, first on validation and so
+the final model, third on test (the mean with window regression, 0.875/0.844, first), level with it.
 
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
