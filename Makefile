@@ -3,8 +3,8 @@
 # make smoke    - the same batch on a few dozen images -> build/smoke/
 # make lab      - JupyterLab on notebooks/ (LAB_IP=127.0.0.1, LAB_PORT=8888, no browser: open the
 #                 printed URL; LAB_IP=0.0.0.0 to reach it from another machine; --allow-root as root)
-# make bench    - extraction (ONNX Runtime vs its raw forward), training (1 vs 2 workers) and fine-tuning
-#                 step benchmarks; benchmarks/bench_batch.py times the whole batch per notebook (--cold: a fresh cache)
+# make bench    - extraction (ONNX Runtime vs its raw forward), training (1 vs 2 workers), the learned tail's
+#                 step (float32 vs bfloat16 depthwise) and fine-tuning step benchmarks; benchmarks/bench_batch.py times the whole batch per notebook (--cold: a fresh cache)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -43,6 +43,7 @@ lab: venv
 bench: venv
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_tail.py
 	$(PY) benchmarks/bench_finetune.py
 
 clean:
