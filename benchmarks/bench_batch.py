@@ -5,8 +5,8 @@
 
 Peak memory is the largest resident set of any notebook kernel (they are child processes) and of
 this process. The full profile takes 1.5-3 minutes warm on 2 cores (2 notebooks at once; 5.4 min one
-at a time on an AVX2-only CPU); cold, 63-65 minutes from an empty cache with native bfloat16 (AVX512-BF16;
-measured 2026-12-05/06 with the two-block learned tail, whose rows are about a quarter of it; 44 minutes
+at a time on an AVX2-only CPU); cold, 62-65 minutes from an empty cache with native bfloat16 (AVX512-BF16;
+measured 2026-12-05/06 with the two-block learned tail, whose rows are a fifth to a quarter of it; 44 minutes
 before the tail) and about 3 hours on an AVX2-only CPU with the settings of 2026-11-29 (docs/performance.md,
 "The machine matters"). It writes figures/ as `make figures` does.
 
