@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from qfm_lib.backbones import load_backbone
 from qfm_lib.decoder import DecoderConfig, precision
-from qfm_lib.features import one_torch_thread
-from qfm_lib.tail import LearnedTail, pretrained_layers
+from qfm_lib.features import one_torch_thread, token_channel_names
+from qfm_lib.tail import LearnedTail
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -50,10 +51,10 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=5, help="cells per window side")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    layers = pretrained_layers(BACKBONE, blocks=2)
-    width, written = layers[0][0].shape[1], sum(len(b) for _, b in (layers[2], layers[5], layers[6]))
-    channels = written + width  # the recomputed channels, then the tail's appended input
-    tail = LearnedTail(layers, (written, channels), 0, np.zeros(channels), np.ones(channels), rate=1.0)
+    b = load_backbone(BACKBONE)
+    # the token channels, then what tail.tail_tokens appends for a two-block tail (block5's width)
+    channels = len(token_channel_names(b.stage_names, b.stage_channels)) + b.stage_channels[b.stage_names.index("block5")]
+    tail = LearnedTail.for_tokens(BACKBONE, np.zeros(channels), np.ones(channels), rate=1.0, blocks=2)
     x = torch.randn(args.windows, args.side * args.side, channels)
     bf16 = precision(DecoderConfig()) == "bf16"
     with one_torch_thread():
