@@ -83,28 +83,54 @@ def dataset_dir(name: str, root: str | Path | None = None) -> Path:
 
 
 def validate_labels(table: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check a canonical label table; errors name the file and the (1-based, header=1) row."""
+    """Check a canonical label table; errors name the file and the (1-based, header=1) row. The
+    table's index holds each row's 0-based position in the file after the header (a RangeIndex unless
+    blank lines were dropped, as read_labels does)."""
     for col in ("image", "mos"):
         if col not in table:
             raise DatasetError(f"{source}: missing column {col!r} (has {list(table.columns)})")
+    if table.empty:
+        raise DatasetError(f"{source}: no rows")
+    line = (table.index.to_numpy() if pd.api.types.is_integer_dtype(table.index) else np.arange(len(table))) + 2
     empty = table["image"].isna() | (table["image"].astype(str).str.strip() == "")
     if empty.any():
-        raise DatasetError(f"{source}: row {int(np.flatnonzero(empty)[0]) + 2}: empty image name")
+        raise DatasetError(f"{source}: row {line[np.flatnonzero(empty)[0]]}: empty image name")
+    outside = [i for i, name in enumerate(table["image"].astype(str))
+               if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise DatasetError(f"{source}: row {line[outside[0]]}: image name {table['image'].iloc[outside[0]]!r} "
+                           f"is not a path inside the images/ folder")
     mos = pd.to_numeric(table["mos"], errors="coerce")
-    if mos.isna().any():
-        row = int(np.flatnonzero(mos.isna())[0])
-        raise DatasetError(f"{source}: row {row + 2} ({table['image'].iloc[row]}): missing or "
-                           f"non-numeric MOS {table['mos'].iloc[row]!r}")
+    bad = ~np.isfinite(mos.to_numpy(dtype=float))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = table["mos"].iloc[row]
+        shown = repr(value) if isinstance(value, str) else value
+        raise DatasetError(f"{source}: row {line[row]} ({table['image'].iloc[row]}): missing, "
+                           f"non-numeric or infinite MOS {shown}")
     dup = table["image"].duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
-        raise DatasetError(f"{source}: row {row + 2}: duplicate image name {table['image'].iloc[row]!r}")
-    out = table.copy()
-    out["mos"] = mos.astype(float)
+        raise DatasetError(f"{source}: row {line[row]}: duplicate image name {table['image'].iloc[row]!r}")
+    out = table.reset_index(drop=True)
+    out["mos"] = mos.to_numpy(dtype=float)
     for col in CANONICAL_COLUMNS:
         if col not in out:
             out[col] = np.nan
     return out
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """A labels.csv as read, blank lines dropped (the index keeps each row's position in the file, so
+    that validate_labels names the right line); a file pandas cannot parse is a DatasetError naming it."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: labels file not found")
+    try:
+        table = pd.read_csv(path, dtype={"image": str, "ref": str, "dist_type": str}, keep_default_na=False,
+                            na_values=[""], skip_blank_lines=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read it as a CSV table ({type(err).__name__}: {err})") from err
+    return table[~table.isna().all(axis=1)]
 
 
 def load_dataset(name: str, root: str | Path | None = None, verify: bool = True,
@@ -116,7 +142,7 @@ def load_dataset(name: str, root: str | Path | None = None, verify: bool = True,
     """
     folder = dataset_dir(name, root)
     labels = folder / "labels.csv"
-    table = validate_labels(pd.read_csv(labels, dtype={"image": str, "ref": str, "dist_type": str}, keep_default_na=False, na_values=[""]), str(labels))
+    table = validate_labels(read_labels(labels), str(labels))
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be a positive number of images, got {limit}")

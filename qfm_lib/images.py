@@ -1,6 +1,6 @@
 """Decoding photos into 8-bit RGB, with clear errors for files that cannot be used.
 
-Convertible modes are handled: grayscale (L, LA, I, I;16, F), palette (P), RGBA (alpha is
+Convertible modes are handled: grayscale (L, LA, I, I;16, F: floats in 0..1, or 0..255 when larger), palette (P), RGBA (alpha is
 composited on white, as a viewer would show it), CMYK, 16-bit PNG (scaled to 8 bit). Corrupt,
 truncated, missing, tiny or absurdly large files raise `ImageError` naming the file.
 """
@@ -24,6 +24,8 @@ def _to_uint8_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:  # floating-point images usually hold 0..1
+            top = 1.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -174,7 +174,7 @@ class LearnedTail(nn.Module):
                 h = F.conv2d(h.float().contiguous(memory_format=torch.channels_last), w, b, padding=w.shape[-1] // 2,
                              groups=h.shape[1])
         else:
-            h = F.conv2d(h, w, b)
+            h = F.conv2d(h, w, b, padding=w.shape[-1] // 2)
         return F.relu6(h) if relu6 else h
 
     def maps(self, inputs: torch.Tensor) -> torch.Tensor:

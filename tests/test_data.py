@@ -43,8 +43,11 @@ def _copy_livec(data_root, tmp_path, n=5) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda t: t.assign(mos=t["mos"].where(t.index != 2, np.nan)), r"row 4 \(.*\): missing or non-numeric MOS"),
-    (lambda t: t.assign(mos=t["mos"].astype(object).where(t.index != 1, "n/a")), r"row 3 .*non-numeric MOS 'n/a'"),
+    (lambda t: t.assign(mos=t["mos"].where(t.index != 2, np.nan)), r"row 4 \(.*\): missing, non-numeric or infinite MOS"),
+    (lambda t: t.assign(mos=t["mos"].astype(object).where(t.index != 1, "n/a")), r"row 3 .*non-numeric or infinite MOS 'n/a'"),
+    (lambda t: t.assign(mos=t["mos"].where(t.index != 0, np.inf)), r"row 2 .*infinite MOS inf"),
+    (lambda t: t.iloc[:0], r"labels.csv: no rows"),
+    (lambda t: t.assign(image=t["image"].where(t.index != 1, "../secret.png")), r"row 3: image name '../secret.png' is not a path inside"),
     (lambda t: pd.concat([t, t.iloc[[0]]]), r"row 7: duplicate image name"),
     (lambda t: t.drop(columns="mos"), r"missing column 'mos'"),
 ])
@@ -66,3 +69,21 @@ def test_missing_file_and_hash_mismatch(data_root, tmp_path):
     victim.unlink()
     with pytest.raises(DatasetError, match=f"{table['image'][3]}.*missing"):
         load_dataset("livec", root=tmp_path)
+
+
+def test_unreadable_labels_and_blank_lines(data_root, tmp_path):
+    table = _copy_livec(data_root, tmp_path)
+    labels = tmp_path / "livec" / "labels.csv"
+    labels.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"labels.csv: cannot read it as a CSV table \(EmptyDataError"):
+        load_dataset("livec", root=tmp_path)
+    labels.write_bytes(b"image,mos\n\xff\xfe,1\n")
+    with pytest.raises(DatasetError, match=r"labels.csv: cannot read it as a CSV table \(UnicodeDecodeError"):
+        load_dataset("livec", root=tmp_path)
+    # a blank line is skipped, and later rows are still named by their line in the file
+    lines = table.to_csv(index=False).splitlines()
+    labels.write_text("\n".join(lines[:3] + [""] + lines[3:4] + [lines[4].rsplit(",", 3)[0] + ",,,"]) + "\n")
+    with pytest.raises(DatasetError, match=r"row 6 .*missing, non-numeric or infinite MOS"):
+        load_dataset("livec", root=tmp_path)
+    labels.write_text("\n".join(lines[:3] + [""] + lines[3:]) + "\n")
+    assert list(load_dataset("livec", root=tmp_path)["image"]) == list(table["image"])

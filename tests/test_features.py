@@ -120,6 +120,15 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
 
 
+@pytest.mark.parametrize("value, expected", [(0.5, 128), (128.0, 128)])
+def test_float_images_in_0_1_or_0_255(tmp_path, value, expected):
+    from PIL import Image
+
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((40, 40), value, dtype=np.float32)).save(path)
+    assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - expected) <= 1
+
+
 def _bad_images(tmp_path):
     good = write_image(tmp_path / "good.png", size=(300, 300))
     corrupt = tmp_path / "corrupt.jpg"
