@@ -321,7 +321,10 @@ def _execute(path: str, executed: str, params: dict, cwd: str, report) -> None:
         report("failed", f"notebook {Path(path).name} failed ({type(err).__name__}); executed copy with the "
                          f"traceback: {' and '.join(pages)}\n{err}")
         return
-    write_html(Path(executed), exporter)
+    try:
+        write_html(Path(executed), exporter)
+    except Exception as err:  # the notebook ran and wrote its outputs: its HTML page is a convenience
+        print(f"[batch] {Path(path).name}: no HTML page ({type(err).__name__}: {err})", file=sys.stderr)
     report("done")
 
 
@@ -409,6 +412,10 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     todo = [p for p in notebooks(folder) if not only or any(p.name.startswith(o) for o in only)]
     if not todo:
         raise BatchError(f"no notebooks to run in {folder} (only={only})")
+    reserved = sorted(set(overrides or {}) & {"out_dir", "profile"})
+    if reserved:
+        raise BatchError(f"parameter(s) {reserved} are set by the batch, not by overrides: choose the profile "
+                         f"with --profile (profile {profile!r} writes its figures to {out_dir})")
     declared = {k for p in todo for k in papermill_parameters(p)}
     unknown = sorted(set(overrides or {}) - declared)
     if unknown:

