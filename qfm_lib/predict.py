@@ -403,7 +403,9 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
             features = kind.features_for(engine, batch, Path(path).name, payload)
             score = float(payload["predictor"].predict(features)[0])
             rows.append({"image": str(path), "score": score, "error": "", "note": "; ".join(n for n in notes if n)})
-        except Exception as err:  # noqa: BLE001 - one image's failure must not lose the others' scores
+        except ModelFileError:  # the model's fault, not the image's: every image would fail alike
+            raise
+        except Exception as err:  # one image's failure must not lose the others' scores
             rows.append({"image": str(path), "score": np.nan, "error": _image_error(path, err), "note": ""})
     return pd.DataFrame(rows, columns=["image", "score", "error", "note"])
 

@@ -146,6 +146,13 @@ def test_any_failure_is_one_images_error_and_bad_runs_stop_before_scoring(tmp_pa
                                                      "its shorter side is below 32 px")
     assert "2 of 3 images failed" in capsys.readouterr().err
 
+    def model_fault(img, *args):
+        raise predict.ModelFileError("this model's feature spec has no crops")
+
+    monkeypatch.setattr(predict, "to_tensor", model_fault)  # a model's fault stops the run: not one error per image
+    assert cli_main(["predict", str(folder), "--model", model, "--no-progress"]) == 2
+    assert "feature spec has no crops" in capsys.readouterr().err
+
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
