@@ -16,6 +16,9 @@ training the same result rows at once.
 
 The batch injects `out_dir` (figures/ for full, build/smoke/figures/ for smoke, so smoke never
 overwrites the committed figures) and `profile`, plus the profile's overrides and any -p NAME VALUE.
+Before any notebook starts, each one's parameters are checked: its parameters cell, the injected
+values and its cell tagged `parameter-checks` (checks only: no work, no files) run in a namespace of
+their own, so a bad value for notebook 06 stops the batch at once, not after 03-05 have run.
 It stops at the first failing notebook (or at Ctrl-C), stopping any other still running with every
 process under it (kernel, result-row workers), with a non-zero exit naming it; it checks that every
 declared output exists and was written by this run, and prints a per-notebook time summary; a whole
@@ -48,6 +51,8 @@ from .paths import BUILD_DIR, FIGURES_DIR, PROJECT_ROOT
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PROFILES = ("full", "smoke")
+INJECTED = ("out_dir", "profile")  # parameters the batch sets itself, never an override
+CHECK_TAG = "parameter-checks"
 # Environment of the notebook kernels (a value already set in the environment wins): progress
 # bars inside notebooks refresh at most every 10 s, so executed copies stay small.
 KERNEL_ENV = {"TQDM_MININTERVAL": "10"}
@@ -90,7 +95,7 @@ def out_dir_for(profile: str, build_dir: Path | None = None) -> Path:
 def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict) -> dict:
     """Parameters to inject: profile overrides from the notebook metadata, then the user's."""
     declared = papermill_parameters(path)
-    params = {"out_dir": str(out_dir), "profile": profile}
+    params = dict(zip(INJECTED, (str(out_dir), profile)))
     params.update(notebook_meta(path).get("profiles", {}).get(profile, {}))
     params.update({k: v for k, v in overrides.items() if k in declared})
     unknown = [k for k in params if k not in declared]
@@ -98,6 +103,24 @@ def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict) -> 
         raise BatchError(f"{path.name}: unknown parameter(s) {unknown}; its parameters cell "
                          f"declares {sorted(declared)}")
     return params
+
+
+def check_parameters(path: Path, params: dict) -> str | None:
+    """Run the notebook's parameters cell, then `params` (as papermill would inject them), then its
+    cells tagged CHECK_TAG, in a namespace of their own; returns what they raised, naming the notebook,
+    or None."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    tagged = lambda tag: ["".join(c["source"]) for c in cells if tag in c["metadata"].get("tags", [])]
+    namespace: dict = {}
+    try:
+        for source in tagged("parameters"):
+            exec(compile(source, f"{path.name}, parameters cell", "exec"), namespace)
+        namespace.update(params)
+        for source in tagged(CHECK_TAG):
+            exec(compile(source, f"{path.name}, {CHECK_TAG} cell", "exec"), namespace)
+    except Exception as err:  # whatever the checks raise would fail the notebook's first cells
+        return f"{path.name}: {type(err).__name__}: {err}"
+    return None
 
 
 def duration(sec: float) -> str:
@@ -412,7 +435,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     todo = [p for p in notebooks(folder) if not only or any(p.name.startswith(o) for o in only)]
     if not todo:
         raise BatchError(f"no notebooks to run in {folder} (only={only})")
-    reserved = sorted(set(overrides or {}) & {"out_dir", "profile"})
+    reserved = sorted(set(overrides or {}) & set(INJECTED))
     if reserved:
         raise BatchError(f"parameter(s) {reserved} are set by the batch, not by overrides: choose the profile "
                          f"with --profile (profile {profile!r} writes its figures to {out_dir})")
@@ -422,6 +445,9 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
         raise BatchError(f"unknown parameter(s) {unknown}: no notebook declares them "
                          f"(declared: {sorted(declared)})")
     params = {p.name: parameters_for(p, profile, out_dir, overrides or {}) for p in todo}
+    problems = [problem for p in todo if (problem := check_parameters(p, params[p.name]))]
+    if problems:
+        raise BatchError("bad parameters; no notebook was started:\n" + "\n".join(problems))
     needs = notebook_needs(todo)
     times_file = build_dir / "times.json"
     previous = load_times(times_file)

@@ -1,4 +1,5 @@
-"""Notebook parameter checks: the cell after `parameters` calls `validate(globals(), SCHEMA)`.
+"""Notebook parameter checks: the cell after `parameters`, tagged `parameter-checks`, calls
+`validate(globals(), SCHEMA)`; the batch also runs it before any notebook starts (batch.check_parameters).
 
 At that point the only plain values in the namespace are the notebook's parameters and whatever
 papermill injected, so any name the schema does not know is an unknown parameter.

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.distance import pdist
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _small import small_study  # noqa: E402
@@ -34,12 +35,23 @@ def solution_1() -> dict:
 
 
 def solution_2() -> dict:
-    """Semantics from the head stage only: median distance of the similar-semantics pairs in the head space."""
+    """Semantics from the head stage only: the similar-semantics pairs mined in each space, their median
+    distance in the head space (the classifier's embedding; relative to all pairs' median there, so 1 = a
+    typical pair) and how many pairs the two rules share. Lower = closer in what the classifier sees. On this
+    60-image subset the notebook's 5 % quantiles leave almost no pairs, so 20 % / 80 % here."""
     s = small_study()
-    out = {}
+    head_dist = pdist(analysis.stage_matrix(s.features, "head"))
+    typical = np.median(head_dist)
+    n = len(s.mos)
+    out, found = {}, {}
     for stage in ("all", "head"):
-        m = pairs.mine_pairs(analysis.stage_matrix(s.features, stage), s.mos, _names(s))
-        out[stage] = int((m.kind == pairs.KINDS[1]).sum())
+        m = pairs.mine_pairs(analysis.stage_matrix(s.features, stage), s.mos, _names(s), dist_low=0.2, gap_high=0.8)
+        sem = m[m.kind == pairs.KINDS[1]]
+        found[stage] = set(zip(sem.i, sem.j))
+        condensed = n * sem.i - sem.i * (sem.i + 1) // 2 + (sem.j - sem.i - 1)  # pdist's index of (i, j), i < j
+        out[stage] = {"pairs": len(sem),
+                      "median_head_distance": round(float(np.median(head_dist[condensed]) / typical), 3) if len(sem) else None}
+    out["shared_pairs"] = len(found["all"] & found["head"])
     return out
 
 

@@ -191,10 +191,33 @@ def test_numeric_order_and_unknown_parameters(tmp_path):
         batch.run_batch("fast", folder=tmp_path, build_dir=tmp_path / "build")
 
 
-def test_bad_parameter_value_fails_first_cell(data_root, monkeypatch):
-    monkeypatch.setenv("QFM_DATA_ROOT", str(data_root))
-    with pytest.raises(batch.BatchError, match="(?s)02_pair_mining.*dist_low must be a number in 0..1, got 1.5"):
-        batch.run_batch("smoke", only=["02"], overrides={"dist_low": 1.5})
+def test_bad_parameter_value_fails_before_any_notebook_starts(tmp_path):
+    _tiny_notebook(tmp_path, "01_first.ipynb", "open('ran', 'w')")
+    for name in ("02_checked.ipynb", "03_checked_too.ipynb"):
+        _tiny_notebook(tmp_path, name, "if value > 3:\n    raise ValueError(f'value must be at most 3, got {value}')")
+        nb = nbformat.read(tmp_path / name, as_version=4)
+        nb.cells[1].metadata["tags"] = [batch.CHECK_TAG]
+        nbformat.write(nb, tmp_path / name)
+    build = tmp_path / "build"
+    with pytest.raises(batch.BatchError, match="(?s)no notebook was started.*02_checked.ipynb: ValueError: "
+                                               "value must be at most 3, got 5.*03_checked_too.ipynb"):
+        batch.run_batch("smoke", folder=tmp_path, overrides={"value": 5}, build_dir=build, jobs=1)
+    assert not (tmp_path / "ran").exists() and not list((build / "executed").iterdir())
+    assert batch.check_parameters(tmp_path / "02_checked.ipynb", {"value": 3}) is None
+
+
+def test_committed_notebooks_check_their_parameters_up_front():
+    nb02 = batch.NOTEBOOK_DIR / "02_pair_mining.ipynb"
+    params = batch.parameters_for(nb02, "smoke", batch.out_dir_for("smoke"), {"dist_low": 1.5})
+    assert "dist_low must be a number in 0..1, got 1.5" in batch.check_parameters(nb02, params)
+    for path in batch.notebooks():
+        params = batch.parameters_for(path, "smoke", batch.out_dir_for("smoke"), {})
+        assert batch.check_parameters(path, params) is None, path.name
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        assert batch.CHECK_TAG in code[1]["metadata"].get("tags", []), path.name  # right after parameters
+    nb06 = batch.NOTEBOOK_DIR / "06_results_tables.ipynb"
+    params = batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {"baseline": "decoder", "variants": ["ridge"]})
+    assert "baseline 'decoder' must be one of the variants run" in batch.check_parameters(nb06, params)
 
 
 def test_committed_notebooks_have_no_outputs_and_declare_outputs():
