@@ -22,7 +22,7 @@ import torch
 from qfm_lib import protocol
 from qfm_lib import manifold
 from qfm_lib.decoder import fit_decoder
-from qfm_lib.local_manifold import fit_manifold_decoder, manifold_terms, window_mass
+from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, manifold_terms, window_mass
 from qfm_lib.metrics import selection_score
 from qfm_lib.study import setup_notebook
 
@@ -55,6 +55,14 @@ def val_score(model) -> float:
 def manifold_of(model) -> dict:
     """Section 5 of the notebook in one function: manifold_stats of the embeddings of each validation
     image's 2x2 evaluation windows, the most salient one (spectral map) first."""
+    emb = validation_embeddings(model)
+    stats = manifold.manifold_stats(emb)
+    return {"anchor_to_own_windows": stats.pop("anchor_to_own_crops"), **stats}
+
+
+def validation_embeddings(model) -> np.ndarray:
+    """(V, 4, P) unit embeddings of each validation image's 2x2 evaluation windows, the most salient
+    (spectral map) first."""
     study, inputs, parts = data()
     tokens, w = inputs.tokens, model.config.window
     va = parts["val"]
@@ -66,8 +74,7 @@ def manifold_of(model) -> dict:
     with torch.no_grad():
         x = tokens.windows(np.repeat(va, tops.shape[1]), tops.ravel(), lefts.ravel(), w)
         emb = model.model.eval().embed(model.model(x)[1]).numpy()
-    stats = manifold.manifold_stats(emb.reshape(len(va), tops.shape[1], -1))
-    return {"anchor_to_own_windows": stats.pop("anchor_to_own_crops"), **stats}
+    return emb.reshape(len(va), tops.shape[1], -1)
 
 
 # ---------------------------------------------------------------- 1 · more windows per image
@@ -133,17 +140,29 @@ def solution_3(draws: int = 50) -> dict:
 # ---------------------------------------------------------------- 4 · temperature
 
 def solution_4() -> pd.DataFrame:
-    """temperature 0.05 / 0.2 / 1.0. A low temperature sharpens the softmax: the hardest negatives
-    dominate both terms, and once the anchor's positives are the nearest keys the terms fall quickly
-    towards 0 (the loss curve is lower, but its level is not comparable across temperatures); a high
-    one flattens it: every negative counts about equally, the terms stay near the log of the number of
-    candidates and the contrast barely shapes the embedding. Compare the validation scores, not the
-    loss levels. Returned: the first and last training loss and the best validation score."""
+    """temperature 0.05 / 0.2 / 1.0. Each trained model's two contrastive terms (local_manifold.anchored_contrast)
+    on a fixed batch: every validation image's 2x2 evaluation windows, the most salient first as the anchor,
+    its embeddings serving as queries and keys. `uniform_*` is a term's value when every similarity is equal
+    (log of the candidates' weighted count): below it, the embedding separates positives from negatives.
+    Read at each model's own temperature, a low temperature sharpens the softmax, so the hardest negatives
+    dominate and a small margin gives a large or a tiny term (the terms move far from uniform, either way);
+    a high one flattens it: every negative counts about equally, the terms stay near uniform and the
+    contrast barely shapes the embedding. Read at the common temperature 0.2 (`*_at_0.2`), the terms compare
+    the embeddings themselves. The training loss adds the regression and mutual terms, so its level is not
+    comparable across temperatures: compare the validation scores and these terms."""
     rows = []
     for t in (0.05, 0.2, 1.0):
         model = fit(temperature=t)
         h = pd.DataFrame(model.history)
-        rows.append({"temperature": t, "first_train_loss": h.train_loss.iloc[0], "last_train_loss": h.train_loss.iloc[-1],
+        emb = torch.from_numpy(validation_embeddings(model)).float()
+        b, k, _ = emb.shape
+        w = model.config.intra_weight
+        own = anchored_contrast(emb, emb, t, w)
+        common = anchored_contrast(emb, emb, 0.2, w)
+        rows.append({"temperature": t, "class_term": float(own[0]), "anchor_term": float(own[1]),
+                     "class_term_at_0.2": float(common[0]), "anchor_term_at_0.2": float(common[1]),
+                     "uniform_class": float(np.log((b - 1) * k + 1)), "uniform_anchor": float(np.log((b - 1) * k + 1 + w * (k - 1))),
+                     "first_train_loss": h.train_loss.iloc[0], "last_train_loss": h.train_loss.iloc[-1],
                      "best_val_score": h.val_score.max(), "best_epoch": model.best_epoch})
     return pd.DataFrame(rows)
 
