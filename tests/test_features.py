@@ -32,11 +32,16 @@ def test_layout_determinism_and_warm_cache(small_livec, lite0, tmp_path, monkeyp
     assert feats.embedding().shape == (5, 1280)
     assert (feats.stage("block3", "std") >= 0).all()
     # warm: served from the cache without touching the backbone
+    forward_views = F._forward_views
     monkeypatch.setattr(F, "_forward_views", lambda *a, **k: pytest.fail("recomputed a cached entry"))
     again = extract_features(small_livec, spec, lite0, progress=False)
     np.testing.assert_array_equal(feats.full, again.full)
     np.testing.assert_array_equal(feats.crops, again.crops)
     assert len(_entries(tmp_path)) == 2 and not any(e.endswith(".partial") for e in _entries(tmp_path))
+    monkeypatch.setattr(F, "_forward_views", forward_views)  # a second, independent extraction: the same bytes
+    fresh = extract_features(small_livec, spec, lite0, progress=False, root=tmp_path / "other")
+    np.testing.assert_array_equal(feats.full, fresh.full)
+    np.testing.assert_array_equal(feats.crops, fresh.crops)
 
 
 def test_same_numbers_as_a_direct_forward(small_livec, lite0):

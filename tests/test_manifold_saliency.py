@@ -84,6 +84,17 @@ def test_crop_model_learns_and_is_deterministic(cfg):
     assert 0 <= stats["anchor_to_own_crops"] <= 2 and stats["within_over_between"] > 0
 
 
+def test_manifold_stats_hand_made_embeddings():
+    e = np.eye(3)
+    collapsed = np.stack([np.stack([e[i]] * 3) for i in range(3)])  # each image's crops on its anchor
+    assert manifold.manifold_stats(collapsed) == {"anchor_to_own_crops": 0.0, "between_image_anchors": 1.0,
+                                                  "within_over_between": 0.0}
+    opposite = np.stack([np.stack([e[i], -e[i], -2 * e[i]]) for i in range(3)])  # crops opposite their anchor
+    assert manifold.manifold_stats(opposite)["anchor_to_own_crops"] == pytest.approx(2.0)
+    spread = np.stack([np.stack([e[i], e[(i + 1) % 3]]) for i in range(3)])  # orthogonal: cosine distance 1
+    assert manifold.manifold_stats(spread)["within_over_between"] == pytest.approx(1.0)
+
+
 def test_crop_model_needs_two_crops():
     crops, order, y = _crop_data(k=1)
     with pytest.raises(ValueError, match="2 crops"):

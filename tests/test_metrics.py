@@ -27,6 +27,18 @@ def test_against_scipy_on_random_data():
     assert m["mapping"] == "logistic4"
 
 
+def test_selection_score_and_linear_fallback(monkeypatch):
+    # SRCC 1; Pearson of (1,2,3,4) and (1,2,3,10) by hand: deviations (-1.5,-.5,.5,1.5) and (-3,-2,-1,6),
+    # products summing to 14, squares to 5 and 50: 14 / sqrt(250) = 0.8854
+    assert selection_score([1, 2, 3, 4], [1, 2, 3, 10]) == pytest.approx((1 + 14 / np.sqrt(250)) / 2)
+    monkeypatch.setattr("qfm_lib.metrics.optimize.curve_fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no fit")))
+    pred, mos = np.array([1.0, 2.0, 3.0, 5.0]), np.array([2.0, 4.0, 5.0, 9.0])
+    m = iqa_metrics(pred, mos)
+    assert m["mapping"] == "linear" and m["plcc"] == pytest.approx(m["plcc_raw"])
+    slope, intercept = np.polyfit(pred, mos, 1)
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean((slope * pred + intercept - mos) ** 2)))
+
+
 def test_logistic_mapping_recovers_nonlinear_relation():
     x = np.linspace(-3, 3, 100)
     mos = logistic4(x, 90, 10, 0.3, 0.7)

@@ -40,9 +40,13 @@ def test_partners_have_similar_quality_and_distant_features():
     partners = mine_partners(z, y, gap_quantile=0.05, dist_quantile=0.8)
     gaps = np.abs(y[:, None] - y[None])
     all_gaps = gaps[np.triu_indices(len(y), 1)]
+    dists = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    far = np.quantile(dists[np.triu_indices(len(y), 1)], 0.8)
+    assert sum(map(len, partners)) > 0
     for i, js in enumerate(partners):
         assert i not in js
         assert (gaps[i, js] <= np.quantile(all_gaps, 0.05) + 1e-9).all()
+        assert (dists[i, js] >= far * (1 - 1e-4)).all()  # mine_partners measures in float32
 
 
 def test_final_model_roundtrip_and_predict_cli(tmp_path, lite0, capsys):
@@ -58,7 +62,8 @@ def test_final_model_roundtrip_and_predict_cli(tmp_path, lite0, capsys):
     path = save_model(trained, tmp_path / "m.pt", lite0.name, lite0.weights_sha256, FeatureSpec(), table)
     scores = predict_images([tmp_path / "imgs"], path)
     assert len(scores) == 4
-    assert scores.set_index("image").loc[str(bad), "error"].startswith(str(bad))
+    broken = scores.set_index("image").loc[str(bad)]
+    assert broken["error"].startswith(f"{bad}: cannot decode image") and np.isnan(broken["score"])
     ok = scores[scores.error == ""]
     np.testing.assert_allclose(ok["score"].to_numpy(), trained.predict(feats.full), rtol=1e-4)
     out = tmp_path / "scores.csv"
@@ -111,6 +116,8 @@ def test_distillation_views_join_training_and_gates_are_reported():
     cfg = TrainConfig(max_epochs=10, patience=10, matching_weight=1.0, extra_per_epoch=0.5)
     trained = train_model(x[:120], y[:120], x[120:], y[120:], cfg, x_extra=x_extra, y_extra=y[:120])
     assert np.corrcoef(trained.predict(x[120:]), y[120:])[0, 1] > 0.7
+    without = train_model(x[:120], y[:120], x[120:], y[120:], cfg)  # the same run without the extra views
+    assert not np.array_equal(trained.predict(x[120:]), without.predict(x[120:]))
     gates = trained.gate_values(x[120:])
     assert gates.shape == (40, x.shape[1]) and ((gates > 0) & (gates < 2)).all()
 

@@ -56,3 +56,26 @@ def test_params_validation_messages():
         assert part in message
     with pytest.raises(P.ParameterError, match="'q' is not set"):
         P.validate({"n": 1, "stage": "all", "qs": [0.1]}, schema)
+
+
+def test_knn_quality_reads_train_and_validation_only():
+    import pandas as pd
+
+    from qfm_lib.analysis import knn_quality_by_stage
+    from qfm_lib.features import Features
+    from qfm_lib.splits import make_splits
+
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(0, 100, 60)
+    feats = Features([f"i{i}" for i in range(60)], ["a", "b"], [2, 1],
+                     full=np.c_[mos[:, None] + rng.normal(0, 5, (60, 1)), rng.normal(size=(60, 5))])
+    splits = make_splits(feats.names)
+    table = knn_quality_by_stage(feats, mos, splits, k=5, n_splits=3)
+    assert list(table.stage.unique()) == ["a", "b", "all"] and len(table) == 9
+    assert table[table.stage == "a"].val_srcc.min() > 0.5  # stage a holds a noisy copy of the MOS
+    for s in range(3):  # other MOS on a split's test part: the same rows for that split
+        other = mos.copy()
+        test = (splits[f"split_{s}"] == "test").to_numpy()
+        other[test] = rng.uniform(0, 100, test.sum())
+        again = knn_quality_by_stage(feats, other, splits, k=5, n_splits=3)
+        pd.testing.assert_frame_equal(table[table.split == s], again[again.split == s])
