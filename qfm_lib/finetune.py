@@ -59,6 +59,13 @@ class FinetuneConfig:
         if self.max_epochs < 1 or self.patience < 1 or self.batch_images < 1:
             raise ValueError(f"max_epochs, patience and batch_images must be >= 1, got "
                              f"{self.max_epochs}, {self.patience}, {self.batch_images}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"device {self.device!r} is not a torch device ({err}); e.g. cpu, cuda, cuda:1") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: this torch ({torch.__version__}) finds no CUDA GPU; "
+                             f"use --device cpu (slow: about 11 h for ten splits on a 2-core CPU)")
 
 
 class FinetunedDecoder(nn.Module):

@@ -20,6 +20,14 @@ def test_config_rejects_bad_values(bad):
         FinetuneConfig(**bad)
 
 
+def test_config_names_a_device_it_cannot_use():
+    with pytest.raises(ValueError, match="'gpu' is not a torch device"):
+        FinetuneConfig(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="finds no CUDA GPU; use --device cpu"):
+            FinetuneConfig(device="cuda")
+
+
 def test_start_must_have_a_token_decoder(on_data_root):
     with pytest.raises(ValueError, match="ridge"):
         finetune_study("livec", "tf_efficientnet_lite0", [0], FinetuneConfig(start="ridge", device="cpu"),
