@@ -106,16 +106,17 @@ def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict) -> 
 
 
 def check_parameters(path: Path, params: dict) -> str | None:
-    """Run the notebook's parameters cell, then `params` (as papermill would inject them), then its
-    cells tagged CHECK_TAG, in a namespace of their own; returns what they raised, naming the notebook,
-    or None."""
+    """Run the notebook's parameters cell, then `params` as papermill injects them (its own source
+    text), then its cells tagged CHECK_TAG, in a namespace of their own; returns what they raised,
+    naming the notebook, or None."""
+    from papermill.translators import PythonTranslator
+
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     tagged = lambda tag: ["".join(c["source"]) for c in cells if tag in c["metadata"].get("tags", [])]
     namespace: dict = {}
     try:
-        for source in tagged("parameters"):
+        for source in [*tagged("parameters"), PythonTranslator.codify(params)]:
             exec(compile(source, f"{path.name}, parameters cell", "exec"), namespace)
-        namespace.update(params)
         for source in tagged(CHECK_TAG):
             exec(compile(source, f"{path.name}, {CHECK_TAG} cell", "exec"), namespace)
     except Exception as err:  # whatever the checks raise would fail the notebook's first cells
@@ -505,10 +506,18 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
 
 
 def _literal(value: str):
+    """A -p value: a Python literal if it is one (tuples become lists: papermill injects a tuple as its
+    text), else the text itself."""
     try:
-        return ast.literal_eval(value)
+        return _lists(ast.literal_eval(value))
     except (ValueError, SyntaxError):
         return value
+
+
+def _lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return {k: _lists(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def main(argv: list[str] | None = None) -> int:

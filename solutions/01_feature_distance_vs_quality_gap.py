@@ -50,7 +50,7 @@ def solution_3() -> dict:
 
 def solution_4() -> dict:
     """k-NN validation SRCC against k for the best stage (highest median validation SRCC at k=10 over three
-    splits, as in the notebook's table); k is capped at the training part's size, here 38 images."""
+    splits, as in the notebook's table); k is capped at the training part's size (37 images on split 0 of this subset)."""
     s = small_study()
     at_10 = analysis.knn_quality_by_stage(s.features, s.mos, s.splits, k=10, n_splits=3)
     best = at_10.groupby("stage")["val_srcc"].median().idxmax()

@@ -78,7 +78,7 @@ def train_student(views, weight: float | None = None, split: int = SPLIT):
 
 def label_stats(rows, labels) -> dict:
     """How the views' labels relate to their images' MOS, and how much an image's windows differ."""
-    y = setup()[0]
+    y = setup(SPLIT)[0]
     within = pd.Series(labels).groupby(rows).std().median()
     return {"srcc": float(spearmanr(labels, y[rows])[0]), "std_ratio": float(labels.std() / y[rows].std()),
             "mae": float(np.abs(labels - y[rows]).mean()), "within_image_std": float(within)}
@@ -112,8 +112,8 @@ def solution_2() -> dict:
     training labels and training MOS only). Spearman cannot change (a monotone map); the error
     against the MOS may go either way (wider labels are also wider errors where the ranking is
     wrong). Returns label statistics before/after and the student's validation score with each."""
-    y, x, tokens, parts, cfg = setup()
-    rows, tops, lefts, labels = oof_views()
+    y, x, tokens, parts, cfg = setup(SPLIT)
+    rows, tops, lefts, labels = oof_views(SPLIT)
     mos = y[rows]
     stretched = mos.mean() + (labels - labels.mean()) * mos.std() / labels.std()
     out = {"raw": label_stats(rows, labels), "stretched": label_stats(rows, stretched)}
@@ -132,8 +132,8 @@ def solution_3() -> dict:
     out-of-fold labels; the student's validation score moves for other reasons as well (a second
     helping of the same targets). Returns the label statistics of both teachers and the student's
     validation score with each."""
-    y, x, tokens, parts, cfg = setup()
-    rows, tops, lefts, oof = oof_views()
+    y, x, tokens, parts, cfg = setup(SPLIT)
+    rows, tops, lefts, oof = oof_views(SPLIT)
     tokens.fit_normalisation(parts["train"])
     means = tokens.window_means(rows, tops, lefts, cfg.window)
     insample = RidgeGCV(qfm_iqm.TEACHER_ALPHAS).fit(means, y[rows]).predict(means)
@@ -147,7 +147,7 @@ def solution_4(folds=(2, 5, 10)) -> dict:
     """How many folds. Each fold's ridge is fitted on (k-1)/k of the training images, so more folds
     give slightly better and slightly wider labels, with diminishing returns (and noise: on 37
     images each fold of k = 10 holds 3-4 images). Returns {k: label statistics}."""
-    y, x, tokens, parts, cfg = setup()
+    y, x, tokens, parts, cfg = setup(SPLIT)
     tokens.fit_normalisation(parts["train"])
     out = {}
     for k in folds:
@@ -162,7 +162,7 @@ def decoder_teacher_views(folds: int = 3, teacher_cfg: DecoderConfig | None = No
     qfm_iqm.window_teacher_views: rows, tops, lefts, labels."""
     from sklearn.model_selection import KFold
 
-    y, x, tokens, parts, cfg = setup()
+    y, x, tokens, parts, cfg = setup(SPLIT)
     train, val = parts["train"], parts["val"]
     teacher_cfg = teacher_cfg or replace(protocol.VARIANTS["decoder+gate"].config, seed=SEED)
     rows, tops, lefts, labels = [], [], [], []
@@ -183,8 +183,8 @@ def solution_5(folds: int = 3) -> dict:
     the full data, but each fold model sees only (k-1)/k of an already small training set, so on
     60 images it may well be the weaker teacher. Returns label statistics of the ridge and decoder
     teachers and the student's validation score with each teacher's views."""
-    y, x, tokens, parts, cfg = setup()
-    ridge = oof_views()
+    y, x, tokens, parts, cfg = setup(SPLIT)
+    ridge = oof_views(SPLIT)
     dec = decoder_teacher_views(folds)
     out = {"ridge": label_stats(ridge[0], ridge[3]), "decoder": label_stats(dec[0], dec[3])}
     out["ridge"]["val_score"] = val_score(train_student(ridge), tokens, y, parts["val"])
@@ -195,7 +195,7 @@ def solution_5(folds: int = 3) -> dict:
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    setup()
+    setup(SPLIT)
     print(f"setup {time.perf_counter() - start:.1f} s")
     for n in range(1, 6):
         t = time.perf_counter()

@@ -215,6 +215,13 @@ def test_committed_notebooks_check_their_parameters_up_front():
         assert batch.check_parameters(path, params) is None, path.name
         code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         assert batch.CHECK_TAG in code[1]["metadata"].get("tags", []), path.name  # right after parameters
+    nb07 = batch.NOTEBOOK_DIR / "07_distortion_lab.ipynb"  # papermill injects a tuple as its text
+    params = batch.parameters_for(nb07, "smoke", batch.out_dir_for("smoke"), {"levels": (1, 3)})
+    assert "levels must be a non-empty list, got '(1, 3)'" in batch.check_parameters(nb07, params)
+    assert batch._literal("1,3") == [1, 3] and batch._literal("{'dim': (64, 128)}") == {"dim": [64, 128]}
+    assert batch._literal("head") == "head"
+    params = batch.parameters_for(nb07, "smoke", batch.out_dir_for("smoke"), {"levels": batch._literal("1,3")})
+    assert batch.check_parameters(nb07, params) is None
     nb06 = batch.NOTEBOOK_DIR / "06_results_tables.ipynb"
     params = batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {"baseline": "decoder", "variants": ["ridge"]})
     assert "baseline 'decoder' must be one of the variants run" in batch.check_parameters(nb06, params)
