@@ -38,6 +38,27 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture
+def fast_variants(monkeypatch):
+    """The registry's variants with few epochs, so the protocol runs in seconds."""
+    from qfm_lib import protocol
+    from qfm_lib.decoder import DecoderConfig
+
+    quick = {"max_epochs": 8, "patience": 8}
+    # tail_rate 0: these synthetic tokens have no backbone to learn the tail of (test_tail.py and the
+    # smoke batch train it on real token maps)
+    tiny = {"window": 2, "dim": 16, "heads": 2, "gate_hidden": 8, "batch_images": 16, "max_epochs": 4, "patience": 4,
+            "tail_rate": 0.0}
+
+    def fast(cfg):
+        return type(cfg)(**{**cfg.__dict__, **(tiny if isinstance(cfg, DecoderConfig) else quick)})
+
+    table = {name: (protocol.Variant(v.kind, fast(v.config), v.eps_from) if v.config is not None else v)
+             for name, v in protocol.VARIANTS.items()}
+    monkeypatch.setattr(protocol, "VARIANTS", table)
+    return table
+
+
 def write_image(path: Path, size=(64, 48), mode="RGB", seed=0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)

@@ -6,7 +6,7 @@ import pytest
 from qfm_lib import ensembles, predict, protocol
 from qfm_lib.features import one_torch_thread
 from qfm_lib.metrics import iqa_metrics
-from tests.test_protocol import _inputs, fast_variants  # noqa: F401 (fixture)
+from tests.test_protocol import _inputs
 
 MEAN = "window regression + lmc (mean)"
 

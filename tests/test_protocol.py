@@ -9,7 +9,7 @@ import pytest
 
 from qfm_lib import protocol
 from qfm_lib.cache import atomic_write, cache_path, digest
-from qfm_lib.decoder import DecoderConfig, TokenSet
+from qfm_lib.decoder import TokenSet
 from qfm_lib.manifold import ManifoldConfig
 from qfm_lib.metrics import selection_score
 from qfm_lib.models import TrainConfig
@@ -30,24 +30,6 @@ def _inputs(n=90, d=16, k=3, seed=0, n_views=2):
     tokens = TokenSet(cells.reshape(-1, 8).astype(np.float16), np.full((n, 2), 4), names)
     return protocol.ProtocolInputs(x, y, splits, {"full_entry": "F", "crops_entry": "C"}, crops, order,
                             rng.normal(size=(n, 5)), n_views, 0, tokens, rng.random((n, 4, 4)))
-
-
-@pytest.fixture
-def fast_variants(monkeypatch):
-    """The registry's variants with few epochs, so the protocol runs in seconds."""
-    quick = {"max_epochs": 8, "patience": 8}
-    # tail_rate 0: these synthetic tokens have no backbone to learn the tail of (test_tail.py and the
-    # smoke batch train it on real token maps)
-    tiny = {"window": 2, "dim": 16, "heads": 2, "gate_hidden": 8, "batch_images": 16, "max_epochs": 4, "patience": 4,
-            "tail_rate": 0.0}
-
-    def fast(cfg):
-        return type(cfg)(**{**cfg.__dict__, **(tiny if isinstance(cfg, DecoderConfig) else quick)})
-
-    table = {name: (protocol.Variant(v.kind, fast(v.config), v.eps_from) if v.config is not None else v)
-             for name, v in protocol.VARIANTS.items()}
-    monkeypatch.setattr(protocol, "VARIANTS", table)
-    return table
 
 
 def test_every_variant_runs_and_rows_are_cached(fast_variants, monkeypatch):
@@ -90,7 +72,7 @@ def test_code_digest_covers_every_imported_module(monkeypatch):
     try:
         assert protocol._code_digest() != before
     finally:
-        monkeypatch.undo()
+        monkeypatch.setattr(Path, "read_text", read_text)
         protocol._code_digest.cache_clear()
     assert protocol._code_digest() == before
 
