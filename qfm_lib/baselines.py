@@ -58,12 +58,16 @@ class RidgeGCV:
     (generalised cross-validation), as sklearn's RidgeCV(alphas) chooses it. One eigendecomposition
     of the centred data's smaller gram matrix serves every alpha, where RidgeCV recomputes an
     (n, p) product per alpha: 2.4 s instead of 9 s for 3440 x 2176 on one core. Same alpha and
-    predictions as RidgeCV (tested); float64 throughout."""
+    predictions as RidgeCV (tested); float64 throughout.
+
+    fit(..., groups=g) leaves out one group at a time instead of one row (exact, from each group's
+    block of the hat matrix): rows of one group (an image's windows, which share its label and most of
+    their cells) would otherwise help predict each other and favour too small an alpha."""
 
     def __init__(self, alphas=np.logspace(0, 5, 11)):
         self.alphas = np.asarray(alphas, dtype=float)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "RidgeGCV":
+    def fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "RidgeGCV":
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         n = len(x)
         self.x_mean_, self.y_mean_ = x.mean(0), y.mean()
@@ -75,8 +79,11 @@ class RidgeGCV:
         uty = u.T @ yc
         shrink = 1 / (eigval[None] + self.alphas[:, None])  # (A, r)
         fitted = u @ (shrink * uty).T                         # (n, A) in-sample predictions (centred)
-        hat = 1 / n + (u * u) @ shrink.T                      # (n, A) leverages, intercept included
-        loo = ((yc[:, None] - fitted) / (1 - hat)) ** 2
+        if groups is None:
+            hat = 1 / n + (u * u) @ shrink.T                  # (n, A) leverages, intercept included
+            loo = ((yc[:, None] - fitted) / (1 - hat)) ** 2
+        else:
+            loo = _leave_group_out_errors(u, shrink, yc[:, None] - fitted, np.asarray(groups), n)
         best = int(np.argmin(loo.mean(0)))
         self.alpha_ = float(self.alphas[best])
         self.coef_ = (eigvec @ (shrink[best] * uty) if primal          # V (L + a)^-1 V'X'y
@@ -86,6 +93,20 @@ class RidgeGCV:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=np.float64) @ self.coef_ + self.intercept_
+
+
+def _leave_group_out_errors(u: np.ndarray, shrink: np.ndarray, residual: np.ndarray, groups: np.ndarray,
+                            n: int) -> np.ndarray:
+    """(n, A) squared errors of each row when its whole group is left out: per group, its residuals
+    solved against I - H_gg, H_gg the group's block of the hat matrix (intercept included)."""
+    errors = np.empty_like(residual)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        ug = u[rows]                                                       # (m, r)
+        block = 1 / n + np.einsum("ir,ar,jr->aij", ug, shrink, ug)        # (A, m, m)
+        left_out = np.linalg.solve(np.eye(len(rows)) - block, residual[rows].T[:, :, None])[..., 0]  # (A, m)
+        errors[rows] = left_out.T ** 2
+    return errors
 
 
 def fit_svr(x_tr, y_tr, x_va, y_va):

@@ -11,7 +11,8 @@
   gate, which sees x~, learns which upstream channels to damp. eps is chosen on validation.
 * Distillation that expands the data honestly: a teacher labels extra views (the evaluation-grid
   windows of every training image). The teacher is ridge on window-mean tokens, fitted out of fold
-  on the training part (5 folds), so no image's views are labelled by a model that saw its label.
+  on the training part (5 folds), so no image's views are labelled by a model that saw its label;
+  its alpha is chosen leaving out whole images, not single windows.
   The views join training with weight `distill_weight`; they are not used as matching partners.
 """
 from __future__ import annotations
@@ -69,8 +70,9 @@ def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
 def window_teacher_views(tokens: TokenSet, y: np.ndarray, train: np.ndarray, cfg: DecoderConfig,
                          folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Evaluation-grid windows of every training image, labelled out of fold by ridge on window-mean
-    tokens (alpha by efficient leave-one-out inside each fold's training images, baselines.RidgeGCV:
-    what sklearn's RidgeCV chooses). Needs the tokens normalised on `train`. Returns rows, tops,
+    tokens (alpha by leaving out one image's windows at a time inside each fold's training images,
+    baselines.RidgeGCV with groups: an image's windows share its label, so leaving out one window
+    would let its siblings vouch for it). Needs the tokens normalised on `train`. Returns rows, tops,
     lefts, labels."""
     from sklearn.model_selection import KFold
 
@@ -79,7 +81,7 @@ def window_teacher_views(tokens: TokenSet, y: np.ndarray, train: np.ndarray, cfg
     labels = np.empty(len(rows))
     for fit_imgs, held_imgs in KFold(folds, shuffle=True, random_state=seed).split(train):
         fit_mask, held_mask = np.isin(rows, train[fit_imgs]), np.isin(rows, train[held_imgs])
-        ridge = RidgeGCV(TEACHER_ALPHAS).fit(means[fit_mask], y[rows[fit_mask]])
+        ridge = RidgeGCV(TEACHER_ALPHAS).fit(means[fit_mask], y[rows[fit_mask]], groups=rows[fit_mask])
         labels[held_mask] = ridge.predict(means[held_mask])
     return rows, tops, lefts, labels
 

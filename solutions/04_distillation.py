@@ -136,7 +136,7 @@ def solution_3() -> dict:
     rows, tops, lefts, oof = oof_views(SPLIT)
     tokens.fit_normalisation(parts["train"])
     means = tokens.window_means(rows, tops, lefts, cfg.window)
-    insample = RidgeGCV(qfm_iqm.TEACHER_ALPHAS).fit(means, y[rows]).predict(means)
+    insample = RidgeGCV(qfm_iqm.TEACHER_ALPHAS).fit(means, y[rows], groups=rows).predict(means)
     out = {"out_of_fold": label_stats(rows, oof), "in_sample": label_stats(rows, insample)}
     out["out_of_fold"]["val_score"] = val_score(train_student((rows, tops, lefts, oof)), tokens, y, parts["val"])
     out["in_sample"]["val_score"] = val_score(train_student((rows, tops, lefts, insample)), tokens, y, parts["val"])
