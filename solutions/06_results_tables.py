@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from qfm_lib import findings
 from qfm_lib import stats as S
 from qfm_lib.paths import FIGURES_DIR, SPLITS_DIR
 
@@ -18,9 +19,9 @@ def _committed() -> tuple[pd.DataFrame, int, int]:
 
 
 def _significant(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """'variant (metric)' of each comparison with a positive mean difference and Holm-adjusted p < alpha."""
-    hits = table[(table.mean_diff > 0) & (table.p_holm < alpha)]
-    return sorted(f"{v} ({m})" for v, m in zip(hits.variant, hits.metric))
+    """'variant (metric)' of each comparison the notebooks' findings call better (findings.outcome)."""
+    return sorted(f"{row.variant} ({row.metric})" for row in table.itertuples()
+                  if findings.outcome(row._asdict(), alpha) == "better")
 
 
 def solution_1() -> dict:
