@@ -4,9 +4,9 @@
   token features (decoder.QualityDecoder.gate).
 * Semantic noisy matching, adversarial: the training memory's pairs of similar quality and
   different semantics (pooled-feature distance, `models.mine_partners`, the rule of notebook 02)
-  are the semantic noise. For each training image, `adv_candidates` partners are drawn; each
-  perturbs the image's window in the upstream feature space, x~ = x + eps (x_partner - x), and the
-  perturbation that hurts most (the largest loss of the current model) is kept, as in adversarial
+  are the semantic noise. For each training image, `adv_candidates` partners are drawn (distinct
+  where it has that many); each perturbs the image's window in the upstream feature space,
+  x~ = x + eps (x_partner - x), and the perturbation that hurts most (the largest loss of the current model) is kept, as in adversarial
   training; the model is trained to predict the image's own label from x~ (insensitivity), and the
   gate, which sees x~, learns which upstream channels to damp. eps is chosen on validation.
 * Distillation that expands the data honestly: a teacher labels extra views (the evaluation-grid
@@ -39,6 +39,15 @@ def matching_partners(x_pooled: np.ndarray, y: np.ndarray, train: np.ndarray, cf
     return {int(r): train[p] for r, p in zip(train, lists)}
 
 
+def draw_candidates(partners: dict[int, np.ndarray], rows: np.ndarray, m: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """m candidate partners of each row, candidate-major (m*b,): distinct where a row has m partners or
+    more (so "the worst of m" compares m different partners), else with repeats (a row with one partner
+    has only that one)."""
+    picks = [rng.choice(partners[int(r)], m, replace=len(partners[int(r)]) < m) for r in rows]
+    return np.stack(picks, 1).ravel()
+
+
 def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
     """The extra loss term: worst-of-candidates semantic noise on each image's first window."""
 
@@ -51,7 +60,7 @@ def adversarial_matching(partners: dict[int, np.ndarray], cfg: DecoderConfig):
             keep = torch.from_numpy(has)
             rows, x, target = rows[has], x[keep], target[keep]
         m, b = cfg.adv_candidates, len(rows)
-        cands = np.stack([rng.choice(partners[int(r)], m) for r in rows], 1).ravel()  # (m*b,) candidate-major
+        cands = draw_candidates(partners, rows, m, rng)
         tops, lefts = batch.tokens.random_positions(cands, cfg.window, rng)
         xp = batch.tokens.windows(cands, tops, lefts, cfg.window, x.dtype).view(m, b, *x.shape[1:])
         perturbed = torch.add(x * (1 - cfg.adv_eps), xp, alpha=cfg.adv_eps)  # x + eps (xp - x): (m, b, T, C)

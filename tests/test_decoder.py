@@ -9,7 +9,7 @@ import torch
 from qfm_lib.decoder import DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
 from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, window_chooser, window_mass
 from qfm_lib.metrics import srcc
-from qfm_lib.qfm_iqm import fit_qfm_decoder, matching_partners, window_teacher_views
+from qfm_lib.qfm_iqm import draw_candidates, fit_qfm_decoder, matching_partners, window_teacher_views
 
 FAST = DecoderConfig(dim=16, heads=2, gate_hidden=8, window=3, eval_grid=2, max_epochs=12, patience=12,
                      batch_images=16)
@@ -126,6 +126,15 @@ def test_qfm_adversarial_matching_and_eps_on_validation():
     model = fit_qfm_decoder(tokens, y, x_pooled, parts, cfg, eps_grid=(0.1, 0.3))
     assert model.config.adv_eps in (0.1, 0.3)
     assert srcc(model.predict(tokens, parts["test"]), y[parts["test"]]) > 0.7
+
+
+def test_adversarial_candidates_are_distinct_partners_where_there_are_enough():
+    partners = {0: np.array([5, 6]), 1: np.array([7]), 2: np.arange(10, 16)}
+    rows = np.array([0, 1, 2] * 50)
+    cands = draw_candidates(partners, rows, 2, np.random.default_rng(0)).reshape(2, -1)  # candidate-major
+    for r, (a, b) in zip(rows, cands.T):
+        assert {a, b} <= set(partners[r].tolist())
+        assert (a != b) == (r != 1)  # a row with one partner repeats it; the others never draw one twice
 
 
 def test_normalisation_statistics_are_those_of_the_training_cells():
