@@ -1,8 +1,9 @@
 """Decoding photos into 8-bit RGB, with clear errors for files that cannot be used.
 
 Convertible modes are handled: grayscale (L, LA, I, I;16, F: floats in 0..1, or 0..255 when larger), palette (P), RGBA (alpha is
-composited on white, as a viewer would show it), CMYK, 16-bit PNG (scaled to 8 bit). Corrupt,
-truncated, missing, tiny or absurdly large files raise `ImageError` naming the file.
+composited on white, as a viewer would show it), CMYK, 16-bit PNG (scaled to 8 bit). A photo's EXIF
+orientation is applied, so it is scored upright, as people see it. Corrupt, truncated, missing, tiny or
+absurdly large files raise `ImageError` naming the file.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MIN_SIDE = 32          # the backbone downsamples by 32: a smaller image has no last-stage pixel
 MAX_PIXELS = 64_000_000  # larger images are refused rather than silently resized
@@ -52,17 +53,18 @@ def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
         raise ImageError(f"{path}: image file not found")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, below, is lower
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(f"{path}: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels; "
                                      "downscale it first")
                 img.load()
-                rgb = _to_uint8_rgb(img)
+                rgb = _to_uint8_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # raised on opening, before the size can be read
+        raise ImageError(f"{path}: exceeds {MAX_PIXELS} pixels ({err}); downscale it first") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
     if min(rgb.size) < min_side:
         raise ImageError(f"{path}: image is {rgb.width}x{rgb.height}, smaller than the minimum "

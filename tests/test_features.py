@@ -125,6 +125,31 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
 
 
+def test_exif_orientation_applied(tmp_path):
+    from PIL import Image
+
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:, :30] = 255  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
+    path = tmp_path / "rotated.png"
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    np.testing.assert_array_equal(np.asarray(load_rgb(path)), upright)
+
+
+@pytest.mark.parametrize("pixels", [3000, 1000])  # Pillow warns (our limit speaks), Pillow refuses
+def test_huge_image_named_with_the_limit(tmp_path, monkeypatch, pixels):
+    from PIL import Image
+
+    import qfm_lib.images as I
+
+    path = write_image(tmp_path / "huge.png", size=(40, 40))  # 1600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels // 2)
+    monkeypatch.setattr(I, "MAX_PIXELS", 1500)
+    with pytest.raises(ImageError, match="huge.png.*exceeds 1500 pixels.*downscale it first"):
+        load_rgb(path)
+
+
 @pytest.mark.parametrize("value, expected", [(0.5, 128), (128.0, 128)])
 def test_float_images_in_0_1_or_0_255(tmp_path, value, expected):
     from PIL import Image
