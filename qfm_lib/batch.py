@@ -115,10 +115,11 @@ def check_parameters(path: Path, params: dict) -> str | None:
     tagged = lambda tag: ["".join(c["source"]) for c in cells if tag in c["metadata"].get("tags", [])]
     namespace: dict = {}
     try:
-        for source in [*tagged("parameters"), PythonTranslator.codify(params)]:
-            exec(compile(source, f"{path.name}, parameters cell", "exec"), namespace)
-        for source in tagged(CHECK_TAG):
-            exec(compile(source, f"{path.name}, {CHECK_TAG} cell", "exec"), namespace)
+        with contextlib.chdir(path.parent):  # where the notebook runs: its relative paths start there
+            for source in [*tagged("parameters"), PythonTranslator.codify(params)]:
+                exec(compile(source, f"{path.name}, parameters cell", "exec"), namespace)
+            for source in tagged(CHECK_TAG):
+                exec(compile(source, f"{path.name}, {CHECK_TAG} cell", "exec"), namespace)
     except Exception as err:  # whatever the checks raise would fail the notebook's first cells
         return f"{path.name}: {type(err).__name__}: {err}"
     return None

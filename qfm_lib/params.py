@@ -6,7 +6,9 @@ papermill injected, so any name the schema does not know is an unknown parameter
 """
 from __future__ import annotations
 
+import os
 import types
+from pathlib import Path
 from typing import Any, Callable
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -85,13 +87,70 @@ def optional(check: Check) -> Check:
 
 
 def setting_grid(name: str, value: Any) -> str | None:
-    """A search grid: {setting name: non-empty list of values}."""
+    """A search grid: {DecoderConfig setting: non-empty list of values}."""
+    from dataclasses import fields
+
+    from .decoder import DecoderConfig
+
     if not isinstance(value, dict) or not value:
         return f"{name} must be a non-empty dict of setting -> list of values, got {value!r}"
+    settings = sorted(f.name for f in fields(DecoderConfig))
     for key, values in value.items():
-        if not isinstance(key, str) or not isinstance(values, (list, tuple)) or not values:
+        if key not in settings:
+            return f"{name}: {key!r} is not a decoder setting (DecoderConfig: {settings})"
+        if not isinstance(values, (list, tuple)) or not values:
             return f"{name}[{key!r}] must be a non-empty list of values, got {values!r}"
     return None
+
+
+def dataset_name(name: str, value: Any) -> str | None:
+    from .data import DATASETS
+
+    return None if value in DATASETS else f"{name} must be a known dataset {sorted(DATASETS)}, got {value!r}"
+
+
+def backbone_name(name: str, value: Any) -> str | None:
+    """A timm model name (the hub must be reachable for any but the packaged ones)."""
+    from .backbones import PACKAGED_WEIGHTS
+
+    if value in PACKAGED_WEIGHTS:
+        return None
+    import timm
+
+    if isinstance(value, str) and value in timm.list_models():
+        return None
+    return f"{name} must be a timm model name (weights offline: {sorted(PACKAGED_WEIGHTS)}), got {value!r}"
+
+
+def writable_folder(name: str, value: Any) -> str | None:
+    """A folder that exists and is writable, or that can be created (a relative path is taken from
+    the notebook's folder, where the batch and JupyterLab run it)."""
+    if problem := text(name, value):
+        return problem
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        return f"{name} {value!r} is a file, not a folder"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{name} {value!r}: cannot write into {existing}"
+    return None
+
+
+def check_splits(dataset: str, n_splits: int, **indices: int) -> None:
+    """n_splits, and each split index given (e.g. curve_split=0), against the dataset's committed
+    split file; raise ParameterError naming the file."""
+    from .splits import split_file
+
+    path = split_file(dataset)
+    if not path.is_file():
+        raise ParameterError(f"no committed split file {path} for dataset {dataset!r}")
+    with open(path) as fh:
+        available = sum(col.startswith("split_") for col in fh.readline().strip().split(","))
+    problems = [f"n_splits {n_splits} exceeds the {available} splits committed in {path}"] if n_splits > available else []
+    problems += [f"{k} {v} must be < n_splits {min(n_splits, available)}" for k, v in indices.items()
+                 if v >= min(n_splits, available)]
+    if problems:
+        raise ParameterError("bad notebook parameters:\n  - " + "\n  - ".join(problems))
 
 
 def validate(namespace: dict[str, Any], schema: dict[str, Check]) -> dict[str, Any]:

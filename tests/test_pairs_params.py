@@ -58,6 +58,26 @@ def test_params_validation_messages():
         P.validate({"n": 1, "stage": "all", "qs": [0.1]}, schema)
 
 
+def test_params_that_name_datasets_backbones_folders_settings_and_splits(tmp_path):
+    assert P.dataset_name("dataset", "livec") is None
+    assert "known dataset" in P.dataset_name("dataset", "foo")
+    assert P.backbone_name("backbone", "tf_efficientnet_lite0") is None
+    assert "timm model name" in P.backbone_name("backbone", "resnet9000")
+    assert P.writable_folder("model_dir", str(tmp_path / "new" / "models")) is None  # can be created
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in P.writable_folder("model_dir", str(tmp_path / "file"))
+    assert "cannot write into" in P.writable_folder("model_dir", str(tmp_path / "file" / "below"))
+    assert P.setting_grid("tune_grid", {"window": [5, 7]}) is None
+    assert "'nope' is not a decoder setting" in P.setting_grid("tune_grid", {"nope": [1]})
+    P.check_splits("livec", 10, curve_split=9)
+    with pytest.raises(P.ParameterError, match=r"n_splits 11 exceeds the 10 splits committed in .*livec.csv"):
+        P.check_splits("livec", 11)
+    with pytest.raises(P.ParameterError, match="curve_split 3 must be < n_splits 3"):
+        P.check_splits("livec", 3, curve_split=3)
+    with pytest.raises(P.ParameterError, match="no committed split file"):
+        P.check_splits("koniq10k", 1)
+
+
 def test_knn_quality_reads_train_and_validation_only():
     import pandas as pd
 
