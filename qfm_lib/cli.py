@@ -63,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "finetune":
         return _finetune(args)
 
-    from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, predict_images
+    from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, expand_paths, predict_images
 
     max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
     if max_side < 0:
-        parser.error(f"--max-side must be >= 0, got {max_side}")
-    if args.output != "-" and not _writable(Path(args.output)):
-        print(f"qfm predict: cannot write {args.output} (its folder is missing or read-only); nothing was scored",
-              file=sys.stderr)
+        pred.error(f"--max-side must be >= 0, got {max_side}")
+    if args.output != "-" and (problem := _unwritable(Path(args.output))):
+        print(f"qfm predict: cannot write {args.output} ({problem}); nothing was scored", file=sys.stderr)
         return 2
+    for folder in [p for p in args.paths if Path(p).is_dir()]:
+        if not expand_paths([folder]):
+            print(f"qfm predict: no image files in the folder {folder}", file=sys.stderr)
     try:
         scores = predict_images(args.paths, args.model or DEFAULT_MODEL, max_side=max_side,
                                 progress=not args.no_progress)
@@ -89,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _writable(path: Path) -> bool:
-    """Whether `path` can be written: an existing writable file, or a new file in a writable folder."""
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written, or None: an existing writable file, or a new file in a writable folder."""
     if path.is_dir():
-        return False
-    return os.access(path if path.exists() else path.parent, os.W_OK)
+        return "it is a folder; give a file name, e.g. scores.csv"
+    folder = path if path.exists() else path.parent
+    return None if os.access(folder, os.W_OK) else "its folder is missing or read-only"
 
 
 def _compare(args) -> int:

@@ -42,6 +42,10 @@ DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"
 # without their pretrained weights, which load_model folds again from the backbone (the same numbers)
 FORMAT_VERSION = 3
 DEFAULT_MAX_SIDE = 1024
+# Scoring's peak memory grows with the pixels scored: with the final model of 2026-12-06, 1.96 GB at 0.75
+# megapixels, 3.1 at 3 and 5.5 at 6.75 (0.52-0.62 GB per megapixel). An image that would need more than
+# the memory available is that image's error, not an out-of-memory kill that loses every score.
+SCORING_BYTES_PER_PIXEL = 650
 FAR_FROM_TRAINING = 2.5  # a scored image's longer side over (or under) this factor of the training images' gets a note
 REQUIRED_FIELDS = ("model", "backbone", "weights_sha256", "feature_spec")  # besides model_kind and format_version
 REBUILD = "rebuild it with `make figures` (notebook 06 trains and saves the final model)"
@@ -291,12 +295,14 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
     """The saved payload, with the rebuilt model under "predictor". Raises FileNotFoundError, or
     ModelFileError (a ValueError) naming the file when it is not a usable qfm model."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder: pass the model file, e.g. --model {path / DEFAULT_MODEL.name}")
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: run `make figures` (notebook 06 trains and saves the "
                                 f"final model there) or pass --model FILE")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a qfm model file: it is not a PyTorch checkpoint "
-                             f"(the zip archive torch.save writes)")
+                             f"(the zip archive torch.save writes), or one cut short (damaged or truncated)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -311,21 +317,21 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
             else f"a {type(payload).__name__}"
         raise ModelFileError(f"{path} is not a qfm model file: it holds {what}")
     kind, version = payload["model_kind"], payload.get("format_version")
+    made_by = payload.get("qfm_lib_version")
+    saved_by = f"qfm_lib {made_by}" if made_by else "an unknown qfm_lib"
     if version != FORMAT_VERSION:
-        raise ModelFileError(f"{path} is a qfm model file of format_version {version} (model_kind {kind!r}, "
-                             f"qfm_lib {payload.get('qfm_lib_version')}); this qfm_lib reads format_version "
-                             f"{FORMAT_VERSION}: {REBUILD}")
+        raise ModelFileError(f"{path} is a qfm model file of format_version {version!r} (model_kind {kind!r}, "
+                             f"saved by {saved_by}); this qfm_lib reads format_version {FORMAT_VERSION}: {REBUILD}")
     if not isinstance(kind, str) or kind not in MODEL_KINDS:
         raise ModelFileError(f"{path} is a qfm model of kind {kind!r}, which this qfm_lib cannot score "
                              f"(known kinds: {sorted(MODEL_KINDS)}); {REBUILD}")
-    made_by = payload.get("qfm_lib_version")
     missing = [k for k in REQUIRED_FIELDS if k not in payload]
     try:
         if missing:
             raise ValueError(f"it has no {', '.join(missing)}")
         payload["predictor"] = MODEL_KINDS[kind].load(_pretrained_tails(payload["model"], payload["backbone"]))
     except Exception as err:
-        what = (f"was saved by qfm_lib {made_by} (this is {__version__}) and does not load here" if made_by != __version__
+        what = (f"was saved by {saved_by} (this is {__version__}) and does not load here" if made_by != __version__
                 else "is damaged")
         raise ModelFileError(f"{path}: this {kind!r} qfm model {what}: {_reason(err)}; {REBUILD}") from err
     return payload
@@ -398,6 +404,8 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
                                      f"(max side {max_side}), its shorter side is below {MIN_SIDE} px; "
                                      f"crop it or raise --max-side")
                 notes.append(f"resized from {native[0]}x{native[1]} to {img.width}x{img.height} (max side {max_side})")
+            if resize is None:  # a model that resizes scores its own size
+                _check_memory(path, img, max_side)
             batch = to_tensor(img, backbone, resize)[None]
             notes.append(_size_note(batch.shape[3], batch.shape[2], training_side))
             features = kind.features_for(engine, batch, Path(path).name, payload)
@@ -408,6 +416,16 @@ def predict_images(paths: Iterable[str | Path], model: str | Path | dict = DEFAU
         except Exception as err:  # one image's failure must not lose the others' scores
             rows.append({"image": str(path), "score": np.nan, "error": _image_error(path, err), "note": ""})
     return pd.DataFrame(rows, columns=["image", "score", "error", "note"])
+
+
+def _check_memory(path: Path, img: Image.Image, max_side: int) -> None:
+    import psutil
+
+    need, available = SCORING_BYTES_PER_PIXEL * img.width * img.height, psutil.virtual_memory().available
+    if need > available:
+        hint = f"pass a smaller --max-side than {max_side}" if max_side else f"pass --max-side (default {DEFAULT_MAX_SIDE})"
+        raise ImageError(f"{path}: scoring it at {img.width}x{img.height} needs about {need / 1e9:.1f} GB of memory, "
+                         f"{available / 1e9:.1f} GB are available; {hint}")
 
 
 def _image_error(path: Path, err: Exception) -> str:

@@ -68,8 +68,18 @@ def test_old_format_and_unknown_kind_say_how_to_rebuild(tmp_path):
         predict.load_model(unknown)
     future = tmp_path / "future.pt"
     torch.save({"format_version": 99, "model_kind": "pooled-mlp"}, future)
-    with pytest.raises(predict.ModelFileError, match="format_version 99.*make figures"):
+    with pytest.raises(predict.ModelFileError, match="format_version 99.*saved by an unknown qfm_lib.*make figures"):
         predict.load_model(future)
+    torch.save({"format_version": str(predict.FORMAT_VERSION), "model_kind": "pooled-mlp", "qfm_lib_version": "9"}, future)
+    with pytest.raises(predict.ModelFileError, match=f"format_version '{predict.FORMAT_VERSION}'.*saved by qfm_lib 9"):
+        predict.load_model(future)
+    with pytest.raises(predict.ModelFileError, match=r"is a folder: pass the model file, e.g. --model .*qfm_livec\.pt"):
+        predict.load_model(tmp_path)
+    truncated = tmp_path / "truncated.pt"
+    path = predict.save_model(trained, tmp_path / "whole.pt", "tf_efficientnet_lite0", "x", FeatureSpec(), _table())
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(predict.ModelFileError, match="not a PyTorch checkpoint .*damaged or truncated"):
+        predict.load_model(truncated)
 
 
 def test_model_file_loads_with_weights_only_and_is_world_readable(tmp_path):
@@ -102,13 +112,15 @@ def test_folder_gif_huge_image_note_and_progress(tmp_path, lite0, capsys):
     assert [p.name for p in predict.expand_paths([folder])] == ["ok.jpg", "anim.GIF", "wide.png"]
 
     out = tmp_path / "scores.csv"
-    assert cli_main(["predict", str(folder), "--model", str(model), "-o", str(out)]) == 0
+    (tmp_path / "empty").mkdir()  # an empty folder beside the others is named, and changes nothing else
+    assert cli_main(["predict", str(folder), str(tmp_path / "empty"), "--model", str(model), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"no image files in the folder {tmp_path / 'empty'}" in err and "scoring" in err  # tqdm on stderr
     scores = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert list(scores.columns) == ["score", "error", "note"] and np.isfinite(scores["score"].astype(float)).all()
     assert scores.loc[str(folder / "wide.png"), "note"] == "resized from 1400x350 to 1024x256 (max side 1024)"
     assert scores.loc[str(folder / "ok.jpg"), "note"] == ""
     assert scores.loc[str(folder / "sub" / "anim.GIF"), "note"].startswith("scored at 64x64, 0.13x the training")
-    assert "scoring" in capsys.readouterr().err  # tqdm on stderr
 
     native = predict.predict_images([folder / "wide.png"], model, max_side=0)
     assert native.loc[0, "note"].startswith("scored at 1400x350, 2.8x the training images' longer side (500 px)")
@@ -146,6 +158,15 @@ def test_any_failure_is_one_images_error_and_bad_runs_stop_before_scoring(tmp_pa
                                                      "its shorter side is below 32 px")
     assert "2 of 3 images failed" in capsys.readouterr().err
 
+    import psutil  # an image that needs more memory than is available is its own error, not a killed run
+    per_pixel = predict.SCORING_BYTES_PER_PIXEL
+    monkeypatch.setattr(predict, "SCORING_BYTES_PER_PIXEL", psutil.virtual_memory().available / (480 * 360) * 2)
+    scores = predict.predict_images([good, thin], model, max_side=0, progress=False).set_index("image")
+    assert scores.loc[str(good), "error"].startswith(f"{good}: scoring it at 480x360 needs about ")
+    assert scores.loc[str(good), "error"].endswith("pass --max-side (default 1024)")
+    assert np.isfinite(scores.loc[str(thin), "score"])  # 2000x40: half the pixels, within the memory
+    monkeypatch.setattr(predict, "SCORING_BYTES_PER_PIXEL", per_pixel)
+
     def model_fault(img, *args):
         raise predict.ModelFileError("this model's feature spec has no crops")
 
@@ -161,6 +182,8 @@ def test_any_failure_is_one_images_error_and_bad_runs_stop_before_scoring(tmp_pa
     monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("scored although the output cannot be written"))
     assert cli_main(["predict", str(folder), "--model", model, "-o", str(tmp_path / "absent" / "s.csv")]) == 2
     assert "cannot write" in capsys.readouterr().err
+    assert cli_main(["predict", str(folder), "--model", model, "-o", str(empty)]) == 2
+    assert f"cannot write {empty} (it is a folder" in capsys.readouterr().err
 
 
 def test_model_of_another_qfm_lib_or_damaged_and_other_weights(tmp_path, lite0):
@@ -237,3 +260,10 @@ def test_mean_model_of_a_token_decoder_and_a_crop_model_scores_a_real_photo(tmp_
     assert "too small for this model: it is 200x150 px, the model reads 224x224-px crops" in scores["error"][1]
     with pytest.raises(ValueError, match="member 'crop': needs models of one of"):
         predict.MeanOfModels([("crop", "pooled-crops", [])])
+
+
+def test_negative_max_side_gets_predicts_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["predict", "x.png", "--max-side", "-1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "usage: qfm predict" in err and "--max-side must be >= 0, got -1" in err
