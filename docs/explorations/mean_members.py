@@ -27,6 +27,9 @@ Rerun once the tail's depthwise convolutions ran in float32 (2026-12-06; its row
 the learned tail (0.8461), lmc (0.8545) and qfm-iqm (0.8568; decoder+gate as a fourth would have added
 0.0002), which became "learned tail + lmc + qfm-iqm (mean)": test 0.874/0.845, first on validation and so
 the final model, third on test (the mean with window regression, 0.875/0.844, first), level with it.
+Rerun once the adversarial term drew distinct candidates (2026-12-06, later; qfm-iqm's rows changed): the
+same three members (0.8461, 0.8545, 0.8576; window regression as a fourth would have added 0.0018), so the
+mean kept them: test 0.869/0.841, still first on validation and third on test.
 
 Reads the cached models of the full batch (token models; lmc models cached by ensembles, else refitted,
 about 27 s per split). Run from the repository root with QFM_DATA_ROOT set:
