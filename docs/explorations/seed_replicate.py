@@ -12,7 +12,10 @@ resampled t-test's 95 % interval, Holm over the four rows below):
 - qfm-iqm against the decoder, PLCC and SRCC: the study's null replicates if both intervals include 0;
 - window regression + lmc (mean) against ridge, PLCC and SRCC: the study's finding (PLCC ahead after
   Holm) replicates if the PLCC row's Holm p is below 0.05.
-About 9 min on 2 cores (two rows at a time). Run from the repository root with QFM_DATA_ROOT set:
+About 9 min on 2 cores (two rows at a time). Rerun 2026-12-06 after the adversarial candidates became
+distinct (15 min, both seeds' rows recomputed at the new code): qfm-iqm against the decoder, seed 1,
+PLCC +0.000 [-0.017, +0.017], SRCC -0.005 [-0.025, +0.016]; the mean against ridge, seed 1, PLCC +0.028
+[+0.016, +0.039], Holm p 0.002: both rules replicate again (docs/method.md). Run from the repository root with QFM_DATA_ROOT set:
 
     python docs/explorations/seed_replicate.py
 """
