@@ -139,16 +139,16 @@ def writable_folder(name: str, value: Any) -> str | None:
 def check_splits(dataset: str, n_splits: int, **indices: int) -> None:
     """n_splits, and each split index given (e.g. curve_split=0), against the dataset's committed
     split file; raise ParameterError naming the file."""
-    from .splits import split_file
+    from .splits import load_splits, split_file
 
+    try:
+        available = load_splits(dataset).filter(like="split_").shape[1]
+    except FileNotFoundError as err:
+        raise ParameterError(f"no committed split file for dataset {dataset!r} ({err})") from err
     path = split_file(dataset)
-    if not path.is_file():
-        raise ParameterError(f"no committed split file {path} for dataset {dataset!r}")
-    with open(path) as fh:
-        available = sum(col.startswith("split_") for col in fh.readline().strip().split(","))
+    limit = min(n_splits, available)
     problems = [f"n_splits {n_splits} exceeds the {available} splits committed in {path}"] if n_splits > available else []
-    problems += [f"{k} {v} must be < n_splits {min(n_splits, available)}" for k, v in indices.items()
-                 if v >= min(n_splits, available)]
+    problems += [f"{k} {v} must be < n_splits {limit}" for k, v in indices.items() if v >= limit]
     if problems:
         raise ParameterError("bad notebook parameters:\n  - " + "\n  - ".join(problems))
 
