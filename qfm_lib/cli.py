@@ -71,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.output != "-" and (problem := _unwritable(Path(args.output))):
         print(f"qfm predict: cannot write {args.output} ({problem}); nothing was scored", file=sys.stderr)
         return 2
-    for folder in [p for p in args.paths if Path(p).is_dir()]:
-        if not expand_paths([folder]):
-            print(f"qfm predict: no image files in the folder {folder}", file=sys.stderr)
+    files = []
+    for path in args.paths:  # each folder walked once; an empty one is named
+        found = expand_paths([path])
+        if not found and Path(path).is_dir():
+            print(f"qfm predict: no image files in the folder {path}", file=sys.stderr)
+        files += found
     try:
-        scores = predict_images(args.paths, args.model or DEFAULT_MODEL, max_side=max_side,
+        scores = predict_images(files, args.model or DEFAULT_MODEL, max_side=max_side,
                                 progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. the backbone's weights
         print(f"qfm predict: {err}", file=sys.stderr)

@@ -229,8 +229,8 @@ def test_committed_notebooks_check_their_parameters_up_front():
     assert "model_dir '../README.md' is a file" in batch.check_parameters(nb06, params)  # from notebooks/
     for over, problem in [({"scorers": ["nope"]}, "scorers[0] = 'nope' is not one of"),
                           ({"n_splits": 11}, "n_splits 11 exceeds the 10 splits"), ({"dataset": "foo"}, "known dataset")]:
-        params = batch.parameters_for(nb07 if "scorers" in over else nb06, "smoke", batch.out_dir_for("smoke"), over)
-        assert problem in batch.check_parameters(nb07 if "scorers" in over else nb06, params)
+        path = nb07 if "scorers" in over else nb06
+        assert problem in batch.check_parameters(path, batch.parameters_for(path, "smoke", batch.out_dir_for("smoke"), over))
 
 
 def test_committed_notebooks_have_no_outputs_and_declare_outputs():
