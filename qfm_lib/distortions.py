@@ -294,9 +294,9 @@ def dataset_key(refs: pd.DataFrame, distortions: Sequence[str], levels: Sequence
     import cv2
     import PIL
 
-    from .cache import digest
+    from .cache import code_digest, digest
 
-    params = {"version": DIST_VERSION, "source": source, "seed": int(seed), "levels": list(levels),
+    params = {"version": DIST_VERSION, "code": code_digest("distortions"), "source": source, "seed": int(seed), "levels": list(levels),
               "distortions": {d: list(DISTORTIONS[d].values) for d in distortions},
               "order": list(distortions), "png_level": PNG_COMPRESS_LEVEL,
               "pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__}

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import predict, protocol
-from .cache import atomic_write, cache_path, digest
+from .cache import atomic_write, cache_path, code_only, digest
 from .decoder import TrainedDecoder
 from .features import one_torch_thread
 from .manifold import TrainedCrops
@@ -61,7 +61,7 @@ MEANS: dict[str, tuple[str, ...]] = {
 ALL_VARIANTS: list[str] = protocol.ALL_VARIANTS + list(MEANS)
 # A final mean holds its members' kept models (the kinds in protocol.KEPT_KINDS); predict.py's kind of each.
 PREDICT_KIND = {TrainedDecoder: "token-decoder", TrainedCrops: "pooled-crops"}
-_CODE = digest(protocol._code_only(Path(__file__).read_text()))
+_CODE = digest(code_only(Path(__file__).read_text()))
 
 
 def members(name: str) -> tuple[str, ...]:
@@ -164,10 +164,11 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
     if todo:
         print(f"means: {len(todo)} rows to compute")
         n_jobs = min(n_jobs or protocol.default_jobs(), len(todo))
-        done = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-            delayed(evaluate_mean_row)(inp, v, s) for v, s in todo)
-        for _ in tqdm(done, total=len(todo), desc="mean rows", disable=not progress):
-            pass
+        with protocol.quiet_worker_retirement():
+            done = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+                delayed(evaluate_mean_row)(inp, v, s) for v, s in todo)
+            for _ in tqdm(done, total=len(todo), desc="mean rows", disable=not progress):
+                pass
     return pd.DataFrame([_row(inp, name, split) for split in range(n_splits) for name in variants])
 
 

@@ -10,12 +10,12 @@ ProtocolInputs carries its own copy (`variants`), so worker processes see the ca
 A row's chosen settings (best epoch, matching strength) are a dict in its `settings` column."""
 from __future__ import annotations
 
-import ast
-import functools
+import contextlib
 import itertools
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import torch
 
 from .baselines import fit_ridge, fit_svr
-from .cache import atomic_write, cache_path, digest
+from .cache import atomic_write, cache_path, code_digest, digest
 from .decoder import DecoderConfig, TokenSet, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
@@ -292,39 +292,6 @@ def _fit(inp: ProtocolInputs, name: str, split: int):
     raise ValueError(f"unknown variant kind {v.kind!r}")
 
 
-def code_files(module: str = "protocol") -> list[str]:
-    """The qfm_lib modules that `module` imports, directly or not (itself included), sorted."""
-    here, seen, todo = Path(__file__).parent, set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((here / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo += [node.module] if node.module else [a.name for a in node.names]
-    return sorted(f"{m}.py" for m in seen)
-
-
-def _code_only(source: str, skip: tuple[str, ...] = ()) -> str:
-    """The module's syntax tree without docstrings: what its code does, not how it is described,
-    so editing a comment or a docstring keeps the cached rows. Module-level assignments to the names
-    in `skip` are left out too."""
-    tree = ast.parse(source)
-    tree.body = [node for node in tree.body if not _assigns_only(node, skip)]
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
-
-
-def _assigns_only(node: ast.stmt, names: tuple[str, ...]) -> bool:
-    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-    return bool(targets) and all(isinstance(t, ast.Name) and t.id in names for t in targets)
-
-
 # The registry: each result row's key holds its own variant's spec (row_key's "spec": kind, every
 # setting, eps_from), so the code key leaves these assignments out, and editing one variant's settings
 # recomputes that variant's rows only.
@@ -332,11 +299,8 @@ REGISTRY_NAMES = ("_LMC", "_TAIL_RATE", "_TAIL_BLOCKS", "TOKEN_VARIANTS", "VARIA
                   "TUNING_VARIANT")
 
 
-@functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
-    here = Path(__file__).parent
-    return digest([(f, _code_only((here / f).read_text(), REGISTRY_NAMES if f == "protocol.py" else ()))
-                   for f in code_files()])
+    return code_digest("protocol", (("protocol.py", REGISTRY_NAMES),))
 
 
 def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
@@ -417,6 +381,18 @@ def default_jobs() -> int:
     return int(os.environ.get("QFM_JOBS", os.cpu_count() or 1))
 
 
+@contextlib.contextmanager
+def quiet_worker_retirement():
+    """Silence one loky warning while rows are computed. loky retires a worker whose memory grew by
+    300 MB since its first job (it takes that for a leak; row workers hold a split's token table on
+    purpose) and warns "A worker stopped ..." when it starts the next: a bound on the workers' memory,
+    not a fault."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                category=UserWarning)
+        yield
+
+
 def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool,
                   score_test: bool = True) -> None:
     """Compute (and cache) rows in worker processes; a row that fails, or whose worker dies, is named."""
@@ -425,11 +401,12 @@ def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int,
     bar = tqdm(total=len(todo), desc=f"training rows ({n_jobs} workers)", disable=not progress)
     done: set[tuple[str, int]] = set()
     try:
-        results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-            delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
-        for name, split in results:
-            done.add((name, split))
-            bar.update(1)
+        with quiet_worker_retirement():
+            results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+                delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
+            for name, split in results:
+                done.add((name, split))
+                bar.update(1)
     except Exception as err:
         left = [job for job in todo if job not in done]
         raise RuntimeError(f"computing result rows failed ({type(err).__name__}: {err}); not computed: "

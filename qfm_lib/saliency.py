@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .cache import atomic_write, cache_path
+from .cache import atomic_write, cache_path, code_digest
 from .features import Features, content_hashes, names_and_hashes
 from .images import load_rgb, resize_shorter
 
@@ -49,7 +49,7 @@ def crop_saliency(table: pd.DataFrame, feats: Features, progress: bool = True) -
     if list(table["image"]) != list(feats.names):
         raise ValueError("table and features list different images")
     resize = feats.meta.get("spec", {}).get("resize")
-    key = {"v": SALIENCY_VERSION, "method": "opencv spectral residual", "resize": resize}
+    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "method": "opencv spectral residual", "resize": resize}
     extra = names_and_hashes(table["image"], content_hashes(table)) + feats.crop_boxes.tobytes()
     path = cache_path("saliency", key, ".npy", extra)
     if path.is_file():
@@ -73,7 +73,7 @@ def cell_saliency(table: pd.DataFrame, grid: np.ndarray, resize: int | None = No
     import cv2
 
     grid = np.asarray(grid)
-    key = {"v": SALIENCY_VERSION, "method": "opencv spectral residual, token cells", "resize": resize}
+    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "method": "opencv spectral residual, token cells", "resize": resize}
     extra = names_and_hashes(table["image"], content_hashes(table)) + grid.astype(np.int32).tobytes()
     path = cache_path("saliency", key, ".npy", extra)
     if path.is_file():

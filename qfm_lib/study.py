@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import warnings
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -67,11 +66,6 @@ def setup_notebook(dataset: str, backbone: str, n_images: int | None = None, see
 
     print_versions()
     sns.set_theme(style="whitegrid", context="notebook")
-    # loky retires a row worker whose memory grew by 300 MB since its first row (it takes that for a leak;
-    # ours hold a split's token table on purpose), and warns when it starts the next one: a bound on the
-    # workers' memory, not a fault
-    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
-                            category=UserWarning)
     study = load_study_data(dataset, backbone, n_images=n_images, seed=seed, n_crops=n_crops)
     return study, inputs_from_study(study, n_views=n_views, seed=seed, brisque=brisque)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from qfm_lib import ensembles, predict, protocol
+from qfm_lib.cache import code_files
 from qfm_lib.features import one_torch_thread
 from qfm_lib.metrics import iqa_metrics
 from tests.test_protocol import _inputs
@@ -44,7 +45,7 @@ def test_mean_keys_and_bad_names(fast_variants):
     key = ensembles.mean_row_key(inp, MEAN, 0)
     assert key["members"] == [protocol.row_key(inp, m, 0) for m in ensembles.members(MEAN)]
     assert key != ensembles.mean_row_key(inp, MEAN, 1)
-    assert "ensembles.py" not in protocol.code_files()  # adding a mean keeps every cached protocol row
+    assert "ensembles.py" not in code_files("protocol")  # adding a mean keeps every cached protocol row
     assert all(m in protocol.VARIANTS for mean in ensembles.MEANS for m in ensembles.members(mean))
     assert ensembles.final_candidates(list(ensembles.MEANS), inp) == list(ensembles.MEANS)
     with pytest.raises(ValueError, match="unknown mean 'nope'"):

@@ -80,6 +80,33 @@ def _killed_on_second_chunk(table, backbone, monkeypatch) -> dict:
     return calls
 
 
+@pytest.mark.parametrize("edit, moves", [("\nEXTRA = 1\n", True), ("\n# a comment\n", False)])
+def test_key_depends_on_the_code_that_extracts(monkeypatch, edit, moves):
+    # images.py decodes every image: editing its code must not reuse features (or the token windows'
+    # saliency, the tail's input, BRISQUE's features) cached by the old code; a comment changes nothing
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from qfm_lib.cache import code_digest
+
+    backbone = SimpleNamespace(name="b", weights_sha256="0", mean=(0.5,), std=(0.5,))
+    users = ("features", "saliency", "tail", "baselines", "distortions")
+
+    def keys():
+        code_digest.cache_clear()
+        return [F.cache_key(["a"], ["h"], backbone, FeatureSpec(), False)] + [code_digest(m) for m in users]
+
+    before, read_text = keys(), Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda path, *a, **k: read_text(path, *a, **k) + (
+        edit if path.name == "images.py" else ""))
+    try:
+        after = keys()
+    finally:
+        monkeypatch.setattr(Path, "read_text", read_text)
+        code_digest.cache_clear()
+    assert [a != b for a, b in zip(after, before)] == [moves] * (1 + len(users))
+
+
 def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, monkeypatch):
     monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
     clean = extract_features(small_livec, FeatureSpec(), lite0, progress=False, root=tmp_path / "clean")

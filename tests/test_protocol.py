@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from qfm_lib import protocol
-from qfm_lib.cache import atomic_write, cache_path, digest
+from qfm_lib.cache import atomic_write, cache_path, code_digest, code_files, code_only, digest
 from qfm_lib.decoder import TokenSet
 from qfm_lib.manifold import ManifoldConfig
 from qfm_lib.metrics import selection_score
@@ -55,11 +55,11 @@ def test_parallel_rows_equal_serial_rows(fast_variants, tmp_path, monkeypatch):
 
 def test_code_digest_covers_every_imported_module(monkeypatch):
     # the modules a result row's code imports today (a new import must join this list knowingly)
-    assert protocol.code_files() == sorted(f"{m}.py" for m in (
+    assert code_files("protocol") == sorted(f"{m}.py" for m in (
         "analysis", "backbones", "baselines", "cache", "data", "decoder", "features", "images", "local_manifold",
         "manifold", "metrics", "models", "pairs", "paths", "protocol", "qfm_iqm", "saliency", "splits", "stats",
         "tail", "training"))
-    protocol._code_digest.cache_clear()
+    code_digest.cache_clear()
     before = protocol._code_digest()
     read_text = Path.read_text
 
@@ -68,12 +68,12 @@ def test_code_digest_covers_every_imported_module(monkeypatch):
         return text + "\nEXTRA = 1\n" if path.name == "metrics.py" else text
 
     monkeypatch.setattr(Path, "read_text", edited)
-    protocol._code_digest.cache_clear()
+    code_digest.cache_clear()
     try:
         assert protocol._code_digest() != before
     finally:
         monkeypatch.setattr(Path, "read_text", read_text)
-        protocol._code_digest.cache_clear()
+        code_digest.cache_clear()
     assert protocol._code_digest() == before
 
 
@@ -154,18 +154,18 @@ def test_code_key_ignores_docstrings_but_not_code():
     a = 'def f(x):\n    """Doubles."""\n    return 2 * x\n'
     b = 'def f(x):\n    """Twice x (reworded)."""\n    # a comment\n    return 2 * x\n'
     c = 'def f(x):\n    """Doubles."""\n    return 3 * x\n'
-    assert protocol._code_only(a) == protocol._code_only(b) != protocol._code_only(c)
+    assert code_only(a) == code_only(b) != code_only(c)
 
 
 def test_code_key_leaves_out_the_registry_whose_specs_are_in_row_keys():
     source = Path(protocol.__file__).read_text()
     registry_edit = source.replace("contrastive_weight=0.2", "contrastive_weight=0.3", 1)
-    code_edit = source.replace("return bool(targets) and", "return bool(targets) or", 1)
+    code_edit = source.replace('"version": RESULTS_VERSION, "code"', '"version": RESULTS_VERSION + 1, "code"', 1)
     assert registry_edit != source != code_edit
     skip = protocol.REGISTRY_NAMES
-    assert protocol._code_only(registry_edit, skip) == protocol._code_only(source, skip)
-    assert protocol._code_only(code_edit, skip) != protocol._code_only(source, skip)
-    assert protocol._code_only(registry_edit) != protocol._code_only(source)  # other modules: every assignment
+    assert code_only(registry_edit, skip) == code_only(source, skip)
+    assert code_only(code_edit, skip) != code_only(source, skip)
+    assert code_only(registry_edit) != code_only(source)  # other modules: every assignment
     inp = _inputs()
     lmc = inp.variants["lmc-windows"]
     edited = replace(inp, variants={**inp.variants,
@@ -227,3 +227,16 @@ def test_registry_uses_the_settings_the_search_chose():
     committed = Path(__file__).parents[1] / "figures" / "tables" / "03_decoder_tuning.csv"
     if committed.is_file():  # the full run's search (notebook 03) chose what the registry uses
         protocol.check_tuned(protocol.tuning_choice(pd.read_csv(committed)))
+
+
+def test_worker_retirement_warning_silenced_only_while_rows_run():
+    import warnings
+
+    message = "A worker stopped while some jobs were given to the executor. This can be caused by ..."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with protocol.quiet_worker_retirement():
+            warnings.warn(message, UserWarning)
+            warnings.warn("another warning", UserWarning)
+        warnings.warn(message, UserWarning)
+    assert [str(w.message) for w in seen] == ["another warning", message]
