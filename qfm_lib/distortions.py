@@ -19,7 +19,8 @@ Distortions (level 1 = mildest; every level maps to one parameter value, `DISTOR
     underexposure the same with -0.5 .. -2.5 stops (darker, shadows crushed by 8-bit rounding)
 
 The values are our choice (no paper fixes them): spaced so that level 1 is hard to see at 100 %
-and level 5 is obvious. DIST_VERSION changes whenever an algorithm or a value changes.
+and level 5 is obvious. The key holds this module's code (cache.code_digest), so editing an
+algorithm or a value builds the lab afresh; DIST_VERSION is for changes the code does not show.
 
 Dataset layout (the canonical one of qfm_lib.data):
 
@@ -36,8 +37,8 @@ missing MOS, so every row carries its reference's human MOS, `mos_is_human` is F
 quality order of distorted images.
 
 The key hashes the references' names and content hashes, the distortion names, their parameter
-values, the levels, the seed, the source name, DIST_VERSION and the Pillow / OpenCV / NumPy
-versions. The dataset is built in <key>.partial/ and renamed to <key> only when complete; any
+values, the levels, the seed, the source name, DIST_VERSION, the code of this module and the
+qfm_lib modules it imports, and the Pillow / OpenCV / NumPy versions. The dataset is built in <key>.partial/ and renamed to <key> only when complete; any
 error (or interruption) removes the partial folder, and a stale one is wiped on the next build.
 """
 from __future__ import annotations
