@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 from tqdm.auto import tqdm
 
-from .cache import atomic_write, cache_path, code_digest
+from .cache import atomic_write, cache_path, code_digest, library_versions
 from .features import content_hashes, names_and_hashes
 from .images import load_rgb
 from .metrics import selection_score
@@ -31,7 +31,9 @@ def brisque_features(table: pd.DataFrame, progress: bool = True) -> np.ndarray:
     from brisque import BRISQUE
     from skimage.color import rgb2gray
 
-    path = cache_path("brisque", {"v": BRISQUE_VERSION, "code": code_digest("baselines")}, ".npy",
+    # metrics.py serves the regressions below, not BRISQUE's features
+    path = cache_path("brisque", {"v": BRISQUE_VERSION, "code": code_digest("baselines", ignore=("metrics",)),
+                                  "libraries": library_versions("numpy", "PIL", "cv2", "skimage", "brisque")}, ".npy",
                       names_and_hashes(table["image"], content_hashes(table)))
     if path.is_file():
         return np.load(path)

@@ -21,28 +21,86 @@ def digest(key: Any, extra: bytes = b"") -> str:
     return h.hexdigest()[:24]
 
 
-def code_files(module: str) -> list[str]:
-    """The qfm_lib modules that `module` imports, directly or not (itself included), sorted."""
-    here, seen, todo = Path(__file__).parent, set(), [module]
+def code_files(module: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The qfm_lib modules that `module` imports, directly or not (itself included), sorted. Imports
+    under `if TYPE_CHECKING:` are left out (annotations only), and so are the modules in `ignore` and
+    what only they import. `from . import name` of a name that is not a module means __init__.py."""
+    seen, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in ignore:
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse((here / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo += [node.module] if node.module else [a.name for a in node.names]
+        todo += _imports(name, _stamp(name))
     return sorted(f"{m}.py" for m in seen)
 
 
-@functools.lru_cache(maxsize=None)
-def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> str:
+def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = (),
+                ignore: tuple[str, ...] = ()) -> str:
     """A hash of the code of qfm_lib `module` and of every qfm_lib module it imports, docstrings and
     comments left out: the part of a cache key that says which code computed the entry, so editing
     that code recomputes it and editing its description does not. skip: (file, names) pairs, the
-    module-level assignments to those names in that file left out (see code_only)."""
-    here, skipped = Path(__file__).parent, dict(skip)
-    return digest([(f, code_only((here / f).read_text(), skipped.get(f, ()))) for f in code_files(module)])
+    module-level assignments to those names in that file left out (see code_only). ignore: modules not
+    followed (see code_files), for a cache whose content does not depend on them. Each file's part is
+    remembered per process by its size and modification time, so a module edited and reloaded in a
+    running kernel (%autoreload) gets a new key."""
+    skipped = dict(skip)
+    return _digest_of(tuple((f, _stamp(f[:-3]), skipped.get(f, ())) for f in code_files(module, ignore)))
+
+
+def library_versions(*modules: str) -> dict[str, str]:
+    """The installed versions of the libraries `modules` (import names: "PIL", "cv2", "torch"): part of a
+    cache key wherever an upgrade could change the cached numbers (a JPEG decoder, a kernel, a solver)."""
+    from importlib import import_module
+    from importlib.metadata import version
+
+    return {m: getattr(import_module(m), "__version__", None) or version(m) for m in modules}
+
+
+_HERE = Path(__file__).parent  # qfm_lib's sources (a test may point it at a copy)
+
+
+def _stamp(module: str) -> tuple[int, int]:
+    st = (_HERE / f"{module}.py").stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(module: str, stamp: tuple[int, int]) -> tuple[str, ...]:
+    found, todo = [], list(ast.parse((_HERE / f"{module}.py").read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            todo += node.orelse
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [node.module] if node.module else [a.name for a in node.names]
+            found += [n if (_HERE / f"{n}.py").is_file() else "__init__" for n in names]
+        todo += ast.iter_child_nodes(node)
+    return tuple(sorted(set(found)))
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_of(files: tuple[tuple[str, tuple[int, int], tuple[str, ...]], ...]) -> str:
+    return digest([(f, _code(f, stamp, names)) for f, stamp, names in files])
+
+
+@functools.lru_cache(maxsize=None)
+def _code(file: str, stamp: tuple[int, int], skip: tuple[str, ...]) -> str:
+    return code_only((_HERE / file).read_text(), skip)
+
+
+def _clear_caches() -> None:
+    for f in (_imports, _digest_of, _code):
+        f.cache_clear()
+
+
+code_digest.cache_clear = _clear_caches  # type: ignore[attr-defined]  # tests that edit a file in place
 
 
 def code_only(source: str, skip: tuple[str, ...] = ()) -> str:

@@ -292,15 +292,12 @@ def _notice_source(table: pd.DataFrame) -> Path | None:
 
 def dataset_key(refs: pd.DataFrame, distortions: Sequence[str], levels: Sequence[int], seed: int,
                 source: str) -> str:
-    import cv2
-    import PIL
-
-    from .cache import code_digest, digest
+    from .cache import code_digest, digest, library_versions
 
     params = {"version": DIST_VERSION, "code": code_digest("distortions"), "source": source, "seed": int(seed), "levels": list(levels),
               "distortions": {d: list(DISTORTIONS[d].values) for d in distortions},
               "order": list(distortions), "png_level": PNG_COMPRESS_LEVEL,
-              "pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__}
+              "libraries": library_versions("PIL", "cv2", "numpy")}
     ids = "".join(f"{n}\0{h}\n" for n, h in zip(refs["image"], _ref_hashes(refs))).encode()
     return digest(params, ids)
 

@@ -19,8 +19,9 @@ background threads, DECODE_AHEAD images ahead of the forward pass.
 
 Cache: one folder per entry under <cache>/features/<key>, where the key hashes everything the
 numbers depend on (image names and content hashes, backbone and weights hash, normalisation,
-resize/crop parameters, engine, FEATURE_VERSION, and the code of this module and of the qfm_lib modules it
-imports: cache.code_digest, so an edit to images.py or backbones.py extracts afresh). Work proceeds in chunks, each written atomically into
+resize/crop parameters, engine, FEATURE_VERSION, the versions of FEATURE_LIBRARIES (a Pillow with another
+JPEG decoder extracts afresh), and the code of this module and of the qfm_lib modules it imports:
+cache.code_digest, so an edit to images.py or backbones.py extracts afresh). Work proceeds in chunks, each written atomically into
 <key>.partial/; the folder is renamed to <key> only when complete. A killed run resumes from its
 finished chunks; a bad image aborts with an error naming it and removes the partial folder.
 """
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, file_sha256, load_backbone
 from .images import ImageError, load_rgb, resize_shorter
-from .cache import atomic_write, code_digest, digest
+from .cache import atomic_write, code_digest, digest, library_versions
 from .paths import cache_dir
 
 FEATURE_VERSION = 2  # the features' format; the cache key also holds the code (code_digest)
@@ -60,6 +61,8 @@ TOKEN_STAGES = {"block3": ("mean", "std"), "block4": ("mean", "std"), "block5": 
 CHUNK_IMAGES = 50
 ENGINES = ("onnxruntime", "torch")
 DEFAULT_BATCH = {"onnxruntime": 1, "torch": 8}  # measured fastest on 2 cores at 500x500
+# the libraries whose versions key the cached features and graphs (decoding, export, the forward pass)
+FEATURE_LIBRARIES = ("numpy", "PIL", "torch", "timm", "onnx", "onnxruntime")
 GRAPH_VERSION = 1  # the exported ONNX graphs are keyed by it and by the code; bump it for a change the code does not show
 DECODE_AHEAD = 8   # images decoded ahead of the forward pass
 DECODE_THREADS = 2
@@ -252,6 +255,7 @@ class OnnxEngine:
 def onnx_graph(backbone: Backbone, root: Path | None = None) -> Path:
     """The exported FeatureGraph of `backbone` (dynamic batch and image size), cached atomically."""
     key = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256, "graph": GRAPH_VERSION, "code": code_digest("features"),
+           "libraries": library_versions(*FEATURE_LIBRARIES),
            "token_stages": {k: list(v) for k, v in TOKEN_STAGES.items()}, "opset": 17}
     path = (root or cache_dir()) / "onnx" / f"{digest(key)}.onnx"
     if not path.is_file():
@@ -330,7 +334,8 @@ def _forward_views(engine, views: list[torch.Tensor], batch_size: int,
 
 def cache_key(names: Sequence[str], hashes: Sequence[str], backbone: Backbone, spec: FeatureSpec,
               crops: bool) -> str:
-    params = {"version": FEATURE_VERSION, "code": code_digest("features"), "backbone": backbone.name,
+    params = {"version": FEATURE_VERSION, "code": code_digest("features"), "libraries": library_versions(*FEATURE_LIBRARIES),
+              "backbone": backbone.name,
               "weights_sha256": backbone.weights_sha256, "mean": backbone.mean, "std": backbone.std,
               "resize": spec.resize, "view": "crops" if crops else "full", "engine": spec.engine}
     if crops:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import torch
 
 from .baselines import fit_ridge, fit_svr
-from .cache import atomic_write, cache_path, code_digest, digest
+from .cache import atomic_write, cache_path, code_digest, digest, library_versions
 from .decoder import DecoderConfig, TokenSet, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
@@ -38,6 +38,9 @@ from .splits import split_parts
 from .tail import tail_tokens
 
 RESULTS_VERSION = 3  # 3: settings stored as a dict
+# the libraries whose versions key every result row (the fits' kernels and solvers); the features' own
+# libraries are in the feature entries the key holds
+ROW_LIBRARIES = ("numpy", "scipy", "sklearn", "torch")
 MATCHING_EPS_GRID = (0.25, 0.5)
 
 
@@ -309,7 +312,8 @@ def row_key(inp: ProtocolInputs, name: str, split: int) -> dict:
     uses = {"svr": ["full_entry"], "ridge": ["full_entry"], "qfm": ["full_entry"], "lmc": ["crops_entry"],
             "teacher": ["full_entry", "crops_entry"], "distill": ["full_entry", "crops_entry"],
             "decoder": ["full_entry"], "lmc-windows": ["full_entry"]}[v.kind]
-    key = {"version": RESULTS_VERSION, "code": _code_digest(), "variant": name, "spec": repr(v),
+    key = {"version": RESULTS_VERSION, "code": _code_digest(), "libraries": library_versions(*ROW_LIBRARIES),
+           "variant": name, "spec": repr(v),
            "features": {k: inp.feature_entries.get(k) for k in uses}, "seed": inp.seed, "split": split,
            "assignment": digest(list(zip(inp.splits["image"], inp.splits[f"split_{split}"])))}
     if v.kind == "distill":

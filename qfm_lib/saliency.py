@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .cache import atomic_write, cache_path, code_digest
+from .cache import atomic_write, cache_path, code_digest, library_versions
 from .features import Features, content_hashes, names_and_hashes
 from .images import load_rgb, resize_shorter
 
 SALIENCY_VERSION = 1
+SALIENCY_LIBRARIES = ("numpy", "PIL", "cv2")  # their versions key the maps too (decoding, the saliency model)
 
 
 def saliency_map(rgb: np.ndarray) -> np.ndarray:
@@ -49,7 +50,8 @@ def crop_saliency(table: pd.DataFrame, feats: Features, progress: bool = True) -
     if list(table["image"]) != list(feats.names):
         raise ValueError("table and features list different images")
     resize = feats.meta.get("spec", {}).get("resize")
-    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "method": "opencv spectral residual", "resize": resize}
+    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "libraries": library_versions(*SALIENCY_LIBRARIES),
+           "method": "opencv spectral residual", "resize": resize}
     extra = names_and_hashes(table["image"], content_hashes(table)) + feats.crop_boxes.tobytes()
     path = cache_path("saliency", key, ".npy", extra)
     if path.is_file():
@@ -73,7 +75,8 @@ def cell_saliency(table: pd.DataFrame, grid: np.ndarray, resize: int | None = No
     import cv2
 
     grid = np.asarray(grid)
-    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "method": "opencv spectral residual, token cells", "resize": resize}
+    key = {"v": SALIENCY_VERSION, "code": code_digest("saliency"), "libraries": library_versions(*SALIENCY_LIBRARIES),
+           "method": "opencv spectral residual, token cells", "resize": resize}
     extra = names_and_hashes(table["image"], content_hashes(table)) + grid.astype(np.int32).tobytes()
     path = cache_path("saliency", key, ".npy", extra)
     if path.is_file():

@@ -37,7 +37,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
-from .cache import cache_path, code_digest
+from .cache import cache_path, code_digest, library_versions
 from .features import TOKEN_STAGES, _exclusive, one_torch_thread, to_tensor, token_channel_names
 from .images import load_rgb
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 # the stages the tail reads and writes, in the token channels' order (each stored whole: "mean" only)
 TAIL_STAGES = ("block5", "block6", "head")
 TAIL_INPUT_VERSION = 2  # the joined token files are keyed by it and by tail.py's code (2: one thread)
+# and by these libraries' versions (decoding, the backbone's pass); decoder.py only wraps them in a TokenSet
+TAIL_INPUT_LIBRARIES = ("numpy", "PIL", "torch", "timm")
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +241,8 @@ def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, blocks:
     if tokens.backbone is None:
         raise ValueError("a tail of several blocks needs to know the tokens' backbone: TokenSet(..., backbone=name)")
     path = cache_path("tail_tokens", {"tokens": key, "backbone": tokens.backbone, "blocks": blocks,
-                                      "version": TAIL_INPUT_VERSION, "code": code_digest("tail")}, ".npy")
+                                      "version": TAIL_INPUT_VERSION, "code": code_digest("tail", ignore=("decoder",)),
+                                      "libraries": library_versions(*TAIL_INPUT_LIBRARIES)}, ".npy")
     if path not in _OPENED:  # one token set per file and process: its per-image statistics are computed once
         with _exclusive(path):
             if not path.is_file():

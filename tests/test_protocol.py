@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from qfm_lib import protocol
 from qfm_lib.cache import atomic_write, cache_path, code_digest, code_files, code_only, digest
@@ -104,6 +105,9 @@ def test_row_keys_follow_what_a_row_depends_on():
     other_features = {**inp.feature_entries, "full_entry": "another extraction"}
     assert protocol.row_key(protocol.ProtocolInputs(**{**inp.__dict__, "feature_entries": other_features}), "gated", 0) != key
     assert protocol.row_key(protocol.ProtocolInputs(**{**inp.__dict__, "seed": inp.seed + 1}), "gated", 0) != key
+    with pytest.MonkeyPatch.context() as mp:  # a torch upgrade (new kernels) recomputes the rows
+        mp.setattr(torch, "__version__", "0.0.1")
+        assert protocol.row_key(inp, "gated", 0) != key
     with pytest.raises(ValueError, match="unknown variant"):
         protocol.row_key(inp, "no such variant", 0)
 
