@@ -3,8 +3,8 @@
 Modules: data (canonical datasets and converters), backbones (timm with real ImageNet weights),
 features (cached multi-stage features and token maps, ONNX Runtime extraction), metrics
 (PLCC/SRCC/KRCC/RMSE), splits (seeded splits), pairs (semantic-noise pair mining), models (pooled-vector
-models), decoder (the token decoder and its training loop), qfm_iqm and local_manifold (the two
-methods on token windows), protocol (variant registry, cached result rows and models), stats,
+models), tokens (token maps and their windows), decoder (the token decoder and its training loop),
+qfm_iqm and local_manifold (the two methods on token windows), protocol (variant registry, cached result rows and models), stats,
 findings, saliency, distortions, batch (papermill runner), reproduce (regenerated tables against
 committed ones), cli (`qfm predict`, `qfm compare`).
 """

@@ -31,9 +31,8 @@ def brisque_features(table: pd.DataFrame, progress: bool = True) -> np.ndarray:
     from brisque import BRISQUE
     from skimage.color import rgb2gray
 
-    # metrics.py serves the regressions below, not BRISQUE's features
-    path = cache_path("brisque", {"v": BRISQUE_VERSION, "code": code_digest("baselines", ignore=("metrics",)),
-                                  "libraries": library_versions("numpy", "PIL", "cv2", "skimage", "brisque")}, ".npy",
+    path = cache_path("brisque", {"v": BRISQUE_VERSION, "code": code_digest("baselines"),
+                                  "libraries": library_versions("numpy", "scipy", "PIL", "cv2", "skimage", "brisque")}, ".npy",
                       names_and_hashes(table["image"], content_hashes(table)))
     if path.is_file():
         return np.load(path)

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -21,52 +22,66 @@ def digest(key: Any, extra: bytes = b"") -> str:
     return h.hexdigest()[:24]
 
 
-def code_files(module: str, ignore: tuple[str, ...] = ()) -> list[str]:
+def code_files(module: str) -> list[str]:
     """The qfm_lib modules that `module` imports, directly or not (itself included), sorted. Imports
-    under `if TYPE_CHECKING:` are left out (annotations only), and so are the modules in `ignore` and
-    what only they import. `from . import name` of a name that is not a module means __init__.py."""
+    under `if TYPE_CHECKING:` are left out (annotations only); `from . import name` of a name that is
+    not a module means __init__.py."""
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen or name in ignore:
+        if name in seen:
             continue
         seen.add(name)
-        todo += _imports(name, _stamp(name))
+        todo += _imports(name, _source_hash(name))
     return sorted(f"{m}.py" for m in seen)
 
 
-def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = (),
-                ignore: tuple[str, ...] = ()) -> str:
+def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> str:
     """A hash of the code of qfm_lib `module` and of every qfm_lib module it imports, docstrings and
     comments left out: the part of a cache key that says which code computed the entry, so editing
     that code recomputes it and editing its description does not. skip: (file, names) pairs, the
-    module-level assignments to those names in that file left out (see code_only). ignore: modules not
-    followed (see code_files), for a cache whose content does not depend on them. Each file's part is
-    remembered per process by its size and modification time, so a module edited and reloaded in a
-    running kernel (%autoreload) gets a new key."""
+    module-level assignments to those names in that file left out (see code_only).
+
+    The files are read at every call (their parsed code is remembered by content hash), so a module
+    reloaded in a running kernel (`%autoreload`) gets its new key. A module edited on disk but not
+    reloaded would file the old code's results under the new code's key: that is an error
+    (`_source_hash`), which asks for a restart or a reload."""
     skipped = dict(skip)
-    return _digest_of(tuple((f, _stamp(f[:-3]), skipped.get(f, ())) for f in code_files(module, ignore)))
+    return _digest_of(tuple((f, _source_hash(f[:-3]), skipped.get(f, ())) for f in code_files(module)))
 
 
 def library_versions(*modules: str) -> dict[str, str]:
-    """The installed versions of the libraries `modules` (import names: "PIL", "cv2", "torch"): part of a
-    cache key wherever an upgrade could change the cached numbers (a JPEG decoder, a kernel, a solver)."""
+    """The `__version__` of each library in `modules` (import names: "PIL", "cv2", "torch"): part of a
+    cache key wherever an upgrade could change the cached numbers (a JPEG decoder, a kernel, a solver).
+    A CPU and a CUDA build of torch ("2.14.1+cpu", "+cu130") count as different versions."""
     from importlib import import_module
-    from importlib.metadata import version
 
-    return {m: getattr(import_module(m), "__version__", None) or version(m) for m in modules}
+    return {m: str(import_module(m).__version__) for m in modules}
 
 
 _HERE = Path(__file__).parent  # qfm_lib's sources (a test may point it at a copy)
+_LOADED: dict[str, tuple[object, str]] = {}  # module -> (its import's spec, the source hash first seen with it)
 
 
-def _stamp(module: str) -> tuple[int, int]:
-    st = (_HERE / f"{module}.py").stat()
-    return st.st_mtime_ns, st.st_size
+def _source_hash(module: str) -> str:
+    """The hash of `module`'s source file; an error if the module is imported in this process from that
+    file and the file changed since this process first hashed it, without a reload."""
+    path = _HERE / f"{module}.py"
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = sys.modules.get(__package__ if module == "__init__" else f"{__package__}.{module}")
+    if loaded is None or Path(getattr(loaded, "__file__", "") or "") != path:
+        return found
+    spec, first = _LOADED.setdefault(module, (loaded.__spec__, found))
+    if spec is not loaded.__spec__:  # reloaded (importlib.reload gives the module a new spec)
+        _LOADED[module] = (loaded.__spec__, found)
+    elif first != found:
+        raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the code on "
+                           "disk that its cache keys would name: restart the kernel (or reload the module)")
+    return found
 
 
 @functools.lru_cache(maxsize=None)
-def _imports(module: str, stamp: tuple[int, int]) -> tuple[str, ...]:
+def _imports(module: str, source_hash: str) -> tuple[str, ...]:
     found, todo = [], list(ast.parse((_HERE / f"{module}.py").read_text()).body)
     while todo:
         node = todo.pop()
@@ -74,8 +89,10 @@ def _imports(module: str, stamp: tuple[int, int]) -> tuple[str, ...]:
             todo += node.orelse
             continue
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names = [node.module] if node.module else [a.name for a in node.names]
-            found += [n if (_HERE / f"{n}.py").is_file() else "__init__" for n in names]
+            if node.module:
+                found.append(node.module)
+            else:
+                found += [a.name if (_HERE / f"{a.name}.py").is_file() else "__init__" for a in node.names]
         todo += ast.iter_child_nodes(node)
     return tuple(sorted(set(found)))
 
@@ -86,16 +103,17 @@ def _type_checking(test: ast.expr) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _digest_of(files: tuple[tuple[str, tuple[int, int], tuple[str, ...]], ...]) -> str:
-    return digest([(f, _code(f, stamp, names)) for f, stamp, names in files])
+def _digest_of(files: tuple[tuple[str, str, tuple[str, ...]], ...]) -> str:
+    return digest([(f, _code(f, source_hash, names)) for f, source_hash, names in files])
 
 
 @functools.lru_cache(maxsize=None)
-def _code(file: str, stamp: tuple[int, int], skip: tuple[str, ...]) -> str:
+def _code(file: str, source_hash: str, skip: tuple[str, ...]) -> str:
     return code_only((_HERE / file).read_text(), skip)
 
 
 def _clear_caches() -> None:
+    _LOADED.clear()
     for f in (_imports, _digest_of, _code):
         f.cache_clear()
 

@@ -10,7 +10,7 @@ TOKEN_STAGES on the head's stride-32 grid (16x16 for a 500x500 photo). Stages al
 are stored as they are; finer stages are pooled to it, keeping each cell's mean and std. One token
 is one cell: a vector of `token_channels` values. All images' cells are stored fp16, row-major
 image after image, as one (total cells, C) array in tokens.npy (memory-mapped on load; images of
-any size, `token_grid` gives each image's grid). The token decoders (decoder.TokenSet) read them.
+any size, `token_grid` gives each image's grid). The token decoders (tokens.TokenSet) read them.
 
 Inference engine: the frozen backbone runs under ONNX Runtime by default (FeatureGraph exported once
 with torch.onnx, cached under <cache>/onnx/, keyed by backbone, weights, graph version and code); PyTorch

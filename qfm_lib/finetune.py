@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
-from .decoder import TokenSet, TrainedDecoder
+from .decoder import TrainedDecoder
+from .tokens import TokenSet
 from .features import FeatureGraph, to_tensor, token_cells
 from .images import load_rgb
 from .metrics import iqa_metrics, selection_score

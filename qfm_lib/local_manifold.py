@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .decoder import (Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype,
-                      window_average)
+from .decoder import Batch, DecoderConfig, QualityDecoder, TrainedDecoder, fit_decoder, table_dtype
+from .tokens import TokenSet, window_average
 
 
 def anchored_contrast(query: torch.Tensor, keys: torch.Tensor, temperature: float,

@@ -31,10 +31,11 @@ from .backbones import load_backbone
 from .cache import atomic_write
 from .features import FEATURE_VERSION, FeatureSpec, crop_boxes_for, forward_engine, run_views, to_tensor
 from .images import MIN_SIDE, ImageError, load_rgb
-from .decoder import DecoderConfig, TokenSet, TrainedDecoder
+from .decoder import DecoderConfig, TrainedDecoder
 from .manifold import TrainedCrops
 from .models import Trained
 from .tail import pretrained_layers, tail_input_maps
+from .tokens import TokenSet
 from .paths import PROJECT_ROOT
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "qfm_livec.pt"

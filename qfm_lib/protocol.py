@@ -27,7 +27,7 @@ import torch
 
 from .baselines import fit_ridge, fit_svr
 from .cache import atomic_write, cache_path, code_digest, digest, library_versions
-from .decoder import DecoderConfig, TokenSet, TrainedDecoder, precision
+from .decoder import DecoderConfig, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
 from .manifold import ManifoldConfig, TrainedCrops, train_crop_model
@@ -36,6 +36,7 @@ from .models import TrainConfig, train_fixed_epochs, train_model
 from .qfm_iqm import fit_qfm_decoder
 from .splits import split_parts
 from .tail import tail_tokens
+from .tokens import TokenSet
 
 RESULTS_VERSION = 3  # 3: settings stored as a dict
 # the libraries whose versions key every result row (the fits' kernels and solvers); the features' own

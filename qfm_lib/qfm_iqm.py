@@ -24,9 +24,10 @@ import torch
 from torch.nn import functional as F
 
 from .baselines import RidgeGCV
-from .decoder import Batch, DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder
+from .decoder import Batch, DecoderConfig, QualityDecoder, TrainedDecoder, fit_decoder
 from .metrics import selection_score
 from .models import mine_partners
+from .tokens import TokenSet
 
 ADV_EPS_GRID = (0.15, 0.3)
 TEACHER_ALPHAS = np.logspace(0, 5, 11)

@@ -27,7 +27,7 @@ import functools
 import itertools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,14 +40,12 @@ from .backbones import Backbone, load_backbone
 from .cache import cache_path, code_digest, library_versions
 from .features import TOKEN_STAGES, _exclusive, one_torch_thread, to_tensor, token_channel_names
 from .images import load_rgb
-
-if TYPE_CHECKING:
-    from .decoder import TokenSet
+from .tokens import TokenSet
 
 # the stages the tail reads and writes, in the token channels' order (each stored whole: "mean" only)
 TAIL_STAGES = ("block5", "block6", "head")
 TAIL_INPUT_VERSION = 2  # the joined token files are keyed by it and by tail.py's code (2: one thread)
-# and by these libraries' versions (decoding, the backbone's pass); decoder.py only wraps them in a TokenSet
+# and by these libraries' versions (decoding, the backbone's pass); its rows follow tokens.TokenSet's layout
 TAIL_INPUT_LIBRARIES = ("numpy", "PIL", "torch", "timm")
 
 
@@ -236,12 +234,10 @@ def tail_tokens(tokens: TokenSet, paths: Sequence[str | Path], key: str, blocks:
     the images and the backbone; paths: each image's file, in the tokens' order) and kept memory-mapped
     under <cache>/tail_tokens/, written atomically; a grid that differs from the tokens' is an error naming
     the image."""
-    from .decoder import TokenSet
-
     if tokens.backbone is None:
         raise ValueError("a tail of several blocks needs to know the tokens' backbone: TokenSet(..., backbone=name)")
     path = cache_path("tail_tokens", {"tokens": key, "backbone": tokens.backbone, "blocks": blocks,
-                                      "version": TAIL_INPUT_VERSION, "code": code_digest("tail", ignore=("decoder",)),
+                                      "version": TAIL_INPUT_VERSION, "code": code_digest("tail"),
                                       "libraries": library_versions(*TAIL_INPUT_LIBRARIES)}, ".npy")
     if path not in _OPENED:  # one token set per file and process: its per-image statistics are computed once
         with _exclusive(path):

@@ -59,7 +59,7 @@ def test_code_digest_covers_every_imported_module(monkeypatch):
     assert code_files("protocol") == sorted(f"{m}.py" for m in (
         "analysis", "backbones", "baselines", "cache", "data", "decoder", "features", "images", "local_manifold",
         "manifold", "metrics", "models", "pairs", "paths", "protocol", "qfm_iqm", "saliency", "splits", "stats",
-        "tail", "training"))
+        "tail", "tokens", "training"))
     code_digest.cache_clear()
     before = protocol._code_digest()
     read_text = Path.read_text

@@ -79,9 +79,10 @@ def main() -> None:
 
     jobs = [(with_early, split, seed) for split in SPLITS for seed in SEEDS for with_early in (True, False)
             if with_early or seed != 0]
-    preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
-        delayed(validation_predictions)(wide if with_early else inputs.tokens, inputs, split, seed)
-        for with_early, split, seed in jobs)
+    with protocol.quiet_worker_retirement():  # loky retiring a grown worker is no fault
+        preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
+            delayed(validation_predictions)(wide if with_early else inputs.tokens, inputs, split, seed)
+            for with_early, split, seed in jobs)
     pred = {("early" if e else "cached", split, seed): p for (e, split, seed), p in zip(jobs, preds)}
     for split in SPLITS:  # seed 0 on the cached maps: the protocol's models
         pred["cached", split, 0], pred["lmc", split, 0] = protocol_validation_predictions(inputs, split)

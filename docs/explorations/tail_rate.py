@@ -49,8 +49,9 @@ def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, rate:
 def main() -> None:
     inputs = protocol.inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0"))
     jobs = [(split, seed, rate) for split in SPLITS for seed in SEEDS for rate in RATES]
-    rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
-        delayed(validation_fit)(inputs, *job) for job in jobs))
+    with protocol.quiet_worker_retirement():  # loky retiring a grown worker is no fault
+        rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
+            delayed(validation_fit)(inputs, *job) for job in jobs))
     rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")
 
     print(rows.groupby("rate")[["val_score", "val_plcc", "val_srcc", "best_epoch"]].median().round(4).to_string())

@@ -53,9 +53,10 @@ def main() -> None:
 
     jobs = [(scale, split, seed) for split in SPLITS for seed in SEEDS for scale in ("full", "half")
             if (scale, seed) != ("full", 0)]
-    preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
-        delayed(validation_predictions)(half_tokens if scale == "half" else inputs.tokens, inputs, split, seed)
-        for scale, split, seed in jobs)
+    with protocol.quiet_worker_retirement():  # loky retiring a grown worker is no fault
+        preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
+            delayed(validation_predictions)(half_tokens if scale == "half" else inputs.tokens, inputs, split, seed)
+            for scale, split, seed in jobs)
     pred = dict(zip(jobs, preds))
     for split in SPLITS:  # seed 0 at the native scale: the protocol's models (its rows' validation scores)
         pred["full", split, 0], pred["lmc", split, 0] = protocol_validation_predictions(inputs, split)
