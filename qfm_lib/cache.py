@@ -43,9 +43,9 @@ def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ())
     module-level assignments to those names in that file left out (see code_only).
 
     The files are read at every call (their parsed code is remembered by content hash), so a module
-    reloaded in a running kernel (`%autoreload`) gets its new key. A module edited on disk but not
-    reloaded would file the old code's results under the new code's key: that is an error
-    (`_source_hash`), which asks for a restart or a reload."""
+    reloaded in a running kernel (`%autoreload`) gets its new key. A module whose code was edited on
+    disk but not reloaded would file the old code's results under the new code's key: that is an error
+    (`_source_hash`), which asks for a restart or a reload; an edited comment or docstring is not."""
     skipped = dict(skip)
     return _digest_of(tuple((f, _source_hash(f[:-3]), skipped.get(f, ())) for f in code_files(module)))
 
@@ -60,21 +60,24 @@ def library_versions(*modules: str) -> dict[str, str]:
 
 
 _HERE = Path(__file__).parent  # qfm_lib's sources (a test may point it at a copy)
-_LOADED: dict[str, tuple[object, str]] = {}  # module -> (its import's spec, the source hash first seen with it)
+# module -> (its import's spec, the source's hash and code first seen with it)
+_LOADED: dict[str, tuple[object, str, str]] = {}
 
 
 def _source_hash(module: str) -> str:
     """The hash of `module`'s source file; an error if the module is imported in this process from that
-    file and the file changed since this process first hashed it, without a reload."""
+    file and its code (not a comment or docstring) changed since this process first read it, without a
+    reload."""
     path = _HERE / f"{module}.py"
-    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = path.read_bytes()
+    found = hashlib.sha256(source).hexdigest()
     loaded = sys.modules.get(__package__ if module == "__init__" else f"{__package__}.{module}")
     if loaded is None or Path(getattr(loaded, "__file__", "") or "") != path:
         return found
-    spec, first = _LOADED.setdefault(module, (loaded.__spec__, found))
-    if spec is not loaded.__spec__:  # reloaded (importlib.reload gives the module a new spec)
-        _LOADED[module] = (loaded.__spec__, found)
-    elif first != found:
+    seen = _LOADED.get(module)
+    if seen is None or seen[0] is not loaded.__spec__:  # first seen, or reloaded (a reload makes a new spec)
+        _LOADED[module] = (loaded.__spec__, found, code_only(source.decode()))
+    elif seen[1] != found and seen[2] != code_only(source.decode()):
         raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the code on "
                            "disk that its cache keys would name: restart the kernel (or reload the module)")
     return found

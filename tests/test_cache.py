@@ -42,6 +42,8 @@ def test_a_module_edited_but_not_reloaded_is_an_error(package_copy, monkeypatch)
     images = SimpleNamespace(__file__=str(package_copy / "images.py"), __spec__=object())
     monkeypatch.setitem(sys.modules, "qfm_lib.images", images)
     before = code_digest("saliency")
+    _append(package_copy / "images.py", "\n# a comment\n")  # no code changed: nothing to reload
+    assert code_digest("saliency") == before
     _append(package_copy / "images.py", "EXTRA = 1\n")
     with pytest.raises(RuntimeError, match="images.py changed after this process imported it"):
         code_digest("saliency")
