@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
 from .decoder import TrainedDecoder
-from .tokens import TokenSet
 from .features import FeatureGraph, to_tensor, token_cells
 from .images import load_rgb
 from .metrics import iqa_metrics, selection_score
+from .tokens import TokenSet
 from .training import run_epochs
 
 DEFAULT_START = "window regression (EMA)"

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _small import SEED, small_study  # noqa: E402
 
 from qfm_lib import analysis, decoder, pairs, protocol  # noqa: E402
-from qfm_lib.decoder import QualityDecoder, TokenSet, fit_decoder  # noqa: E402
+from qfm_lib.decoder import QualityDecoder, fit_decoder  # noqa: E402
+from qfm_lib.tokens import TokenSet  # noqa: E402
 from qfm_lib.metrics import selection_score  # noqa: E402
 from qfm_lib.qfm_iqm import fit_qfm_decoder  # noqa: E402
 from qfm_lib.splits import split_parts  # noqa: E402

@@ -25,7 +25,8 @@ from scipy.stats import spearmanr
 from qfm_lib import protocol
 from qfm_lib import qfm_iqm
 from qfm_lib.baselines import RidgeGCV
-from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+from qfm_lib.decoder import DecoderConfig, fit_decoder
+from qfm_lib.tokens import TokenSet
 from qfm_lib.metrics import selection_score
 from qfm_lib.splits import split_parts
 from qfm_lib.study import load_study_data

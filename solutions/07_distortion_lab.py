@@ -18,7 +18,7 @@ from qfm_lib import analysis, protocol  # noqa: E402
 from qfm_lib import distortions as D  # noqa: E402
 from qfm_lib.baselines import fit_ridge  # noqa: E402
 from qfm_lib.data import load_dataset  # noqa: E402
-from qfm_lib.decoder import TokenSet  # noqa: E402
+from qfm_lib.tokens import TokenSet  # noqa: E402
 from qfm_lib.features import FeatureSpec, extract_features  # noqa: E402
 from qfm_lib.models import train_model  # noqa: E402
 from qfm_lib.splits import split_parts  # noqa: E402

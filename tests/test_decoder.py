@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_lib.decoder import DecoderConfig, QualityDecoder, TokenSet, TrainedDecoder, fit_decoder, table_dtype
+from qfm_lib.decoder import DecoderConfig, QualityDecoder, TrainedDecoder, fit_decoder, table_dtype
 from qfm_lib.local_manifold import anchored_contrast, fit_manifold_decoder, window_chooser, window_mass
 from qfm_lib.metrics import srcc
 from qfm_lib.qfm_iqm import draw_candidates, fit_qfm_decoder, matching_partners, window_teacher_views
+from qfm_lib.tokens import TokenSet
 
 FAST = DecoderConfig(dim=16, heads=2, gate_hidden=8, window=3, eval_grid=2, max_epochs=12, patience=12,
                      batch_images=16)

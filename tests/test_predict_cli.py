@@ -211,7 +211,8 @@ def test_token_decoder_model_roundtrip_and_small_image(tmp_path, lite0, livec):
     smaller than its window gets an error row naming the reason."""
     from dataclasses import replace
 
-    from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+    from qfm_lib.decoder import DecoderConfig, fit_decoder
+    from qfm_lib.tokens import TokenSet
     from qfm_lib.features import FeatureSpec, extract_features
 
     table = livec.head(12).reset_index(drop=True)
@@ -235,7 +236,8 @@ def test_mean_model_of_a_token_decoder_and_a_crop_model_scores_a_real_photo(tmp_
     file name); an image smaller than a crop gets an error row naming the file."""
     from dataclasses import replace
 
-    from qfm_lib.decoder import DecoderConfig, TokenSet, fit_decoder
+    from qfm_lib.decoder import DecoderConfig, fit_decoder
+    from qfm_lib.tokens import TokenSet
     from qfm_lib.features import extract_features
     from qfm_lib.manifold import ManifoldConfig, train_crop_model
 

@@ -10,10 +10,10 @@ import torch
 
 from qfm_lib import protocol
 from qfm_lib.cache import atomic_write, cache_path, code_digest, code_files, code_only, digest
-from qfm_lib.decoder import TokenSet
 from qfm_lib.manifold import ManifoldConfig
 from qfm_lib.metrics import selection_score
 from qfm_lib.models import TrainConfig
+from qfm_lib.tokens import TokenSet
 
 
 def _inputs(n=90, d=16, k=3, seed=0, n_views=2):

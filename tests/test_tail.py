@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from qfm_lib import predict
-from qfm_lib.decoder import DecoderConfig, TokenSet, TrainedDecoder, fit_decoder
+from qfm_lib.decoder import DecoderConfig, TrainedDecoder, fit_decoder
 from qfm_lib.features import FeatureSpec, extract_features, to_tensor, token_channel_names
 from qfm_lib.images import load_rgb
 from qfm_lib.tail import LearnedTail, tail_channels, tail_input_maps, tail_tokens
+from qfm_lib.tokens import TokenSet
 
 from .conftest import outputs_on_thread_counts, write_image
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from qfm_lib import protocol
-from qfm_lib.decoder import TokenSet
+from qfm_lib.tokens import TokenSet
 from qfm_lib.local_manifold import fit_manifold_decoder
 from qfm_lib.metrics import iqa_metrics, selection_score
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from qfm_lib import protocol, study
 from qfm_lib.backbones import load_backbone
-from qfm_lib.decoder import TokenSet
+from qfm_lib.tokens import TokenSet
 from qfm_lib.features import to_tensor
 from qfm_lib.images import load_rgb
 from qfm_lib.metrics import selection_score

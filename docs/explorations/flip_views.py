@@ -32,7 +32,7 @@ from tqdm import tqdm
 from qfm_lib import protocol, study
 from qfm_lib.backbones import load_backbone
 from qfm_lib.cache import atomic_write, cache_path
-from qfm_lib.decoder import TokenSet
+from qfm_lib.tokens import TokenSet
 from qfm_lib.features import FEATURE_VERSION, GRAPH_VERSION, content_hashes, forward_engine, names_and_hashes, run_views, to_tensor
 from qfm_lib.images import load_rgb
 from qfm_lib.local_manifold import fit_manifold_decoder

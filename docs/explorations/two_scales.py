@@ -33,7 +33,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from qfm_lib import protocol, study
-from qfm_lib.decoder import TokenSet
+from qfm_lib.tokens import TokenSet
 from qfm_lib.features import FeatureSpec, extract_features
 from qfm_lib.metrics import selection_score
 
