@@ -10,7 +10,42 @@ committed ones), cli (`qfm predict`, `qfm compare`).
 """
 from __future__ import annotations
 
+import sys
+from importlib.machinery import PathFinder
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+
+def _record_source(spec) -> None:
+    """Keep the module's source on its spec (`spec.qfm_source`): the code a module runs is the code its
+    spec was found with, which cache.code_digest checks against the code on disk."""
+    try:
+        spec.qfm_source = Path(spec.origin).read_bytes()
+    except (AttributeError, OSError, TypeError):  # no spec or no source file: nothing to check against
+        pass
+
+
+class _RecordSources:
+    """Finds qfm_lib and its modules as Python's own path finder does, and keeps each one's source on
+    the spec it finds, for an import or a reload (a reload finds a new spec; a failed one leaves the
+    module its old spec), so that an edit made after the import is told from the code running. First
+    on sys.meta_path, so a later finder never sees qfm_lib's modules."""
+    records_qfm_lib_sources = True
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name != __name__ and not name.startswith(f"{__name__}."):
+            return None
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is not None and str(spec.origin).endswith(".py"):
+            _record_source(spec)
+        return spec
+
+
+_record_source(__spec__)  # (the first import found this module before the finder below was there)
+if not any(getattr(finder, "records_qfm_lib_sources", False) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RecordSources)
 
 
 def print_versions() -> dict[str, str]:

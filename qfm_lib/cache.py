@@ -6,6 +6,7 @@ import ast
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -26,14 +27,7 @@ def code_files(module: str) -> list[str]:
     """The qfm_lib modules that `module` imports, directly or not (itself included), sorted. Imports
     under `if TYPE_CHECKING:` are left out (annotations only); `from . import name` of a name that is
     not a module means __init__.py."""
-    seen, todo = set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo += _imports(name, _source_hash(name))
-    return sorted(f"{m}.py" for m in seen)
+    return list(_source_hashes(module))
 
 
 def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> str:
@@ -44,10 +38,23 @@ def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ())
 
     The files are read at every call (their parsed code is remembered by content hash), so a module
     reloaded in a running kernel (`%autoreload`) gets its new key. A module whose code was edited on
-    disk but not reloaded would file the old code's results under the new code's key: that is an error
-    (`_source_hash`), which asks for a restart or a reload; an edited comment or docstring is not."""
+    disk since this process imported it, and not reloaded, would file the old code's results under the
+    new code's key: that is an error (`_source_hash`), which asks for a kernel restart; an edited
+    comment or docstring is not."""
     skipped = dict(skip)
-    return _digest_of(tuple((f, _source_hash(f[:-3]), skipped.get(f, ())) for f in code_files(module)))
+    return _digest_of(tuple((f, h, skipped.get(f, ())) for f, h in _source_hashes(module).items()))
+
+
+def _source_hashes(module: str) -> dict[str, str]:
+    """{file: sha256 of its source} for `module` and the qfm_lib modules it imports, sorted by file;
+    each file read once."""
+    found, todo = {}, [module]
+    while todo:
+        name = todo.pop()
+        if f"{name}.py" not in found:
+            found[f"{name}.py"] = _source_hash(name)
+            todo += _imports(name, found[f"{name}.py"])
+    return dict(sorted(found.items()))
 
 
 def library_versions(*modules: str) -> dict[str, str]:
@@ -60,32 +67,59 @@ def library_versions(*modules: str) -> dict[str, str]:
 
 
 _HERE = Path(__file__).parent  # qfm_lib's sources (a test may point it at a copy)
-# module -> (its import's spec, the source's hash and code first seen with it)
-_LOADED: dict[str, tuple[object, str, str]] = {}
+_SOURCES: dict[str, bytes] = {}  # sha256 -> the source read with it
+# module -> (its import's spec, its source when this process first read it): for a module whose spec
+# does not carry its source (qfm_lib's finder, in __init__.py, did not find it)
+_FIRST_SEEN: dict[str, tuple[object, bytes]] = {}
 
 
 def _source_hash(module: str) -> str:
-    """The hash of `module`'s source file; an error if the module is imported in this process from that
-    file and its code (not a comment or docstring) changed since this process first read it, without a
-    reload."""
+    """The hash of `module`'s source file; an error if this process imported the module from that file
+    and its code (not a comment or docstring) changed since, without a reload."""
     path = _HERE / f"{module}.py"
     source = path.read_bytes()
     found = hashlib.sha256(source).hexdigest()
-    loaded = sys.modules.get(__package__ if module == "__init__" else f"{__package__}.{module}")
+    _SOURCES.setdefault(found, source)
+    name = __package__ if module == "__init__" else f"{__package__}.{module}"
+    loaded = sys.modules.get(name)
     if loaded is None or Path(getattr(loaded, "__file__", "") or "") != path:
         return found
-    seen = _LOADED.get(module)
-    if seen is None or seen[0] is not loaded.__spec__:  # first seen, or reloaded (a reload makes a new spec)
-        _LOADED[module] = (loaded.__spec__, found, code_only(source.decode()))
-    elif seen[1] != found and seen[2] != code_only(source.decode()):
-        raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the code on "
-                           "disk that its cache keys would name: restart the kernel (or reload the module)")
+    running = _running_source(name, loaded, source)
+    if running != source and _code_of(running) != _code_of(source):
+        where = ("this worker process imported it before the change (protocol.row_workers() around a pool "
+                 "starts fresh workers whenever qfm_lib's sources changed)" if multiprocessing.parent_process()
+                 else "restart the kernel (importlib.reload of this module alone would leave the names other "
+                      "modules imported from it running the old code)")
+        raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the "
+                           f"code on disk that its cache keys would name: {where}")
     return found
+
+
+def _running_source(name: str, loaded: Any, source: bytes) -> bytes:
+    """The source of the code that module `name` runs: the source its spec was found with (qfm_lib's
+    finder keeps it there; a reload finds a new spec), else the source this process first read for it."""
+    recorded = getattr(loaded.__spec__, "qfm_source", None)
+    if recorded is not None:
+        return recorded
+    seen = _FIRST_SEEN.get(name)
+    if seen is None or seen[0] is not loaded.__spec__:
+        seen = _FIRST_SEEN[name] = (loaded.__spec__, source)
+    return seen[1]
+
+
+def sources_digest() -> str:
+    """A hash of every qfm_lib source file on disk: what the code of a worker process started now would be."""
+    return digest(sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in _HERE.glob("*.py")))
+
+
+@functools.lru_cache(maxsize=None)
+def _code_of(source: bytes) -> str:
+    return code_only(source.decode())
 
 
 @functools.lru_cache(maxsize=None)
 def _imports(module: str, source_hash: str) -> tuple[str, ...]:
-    found, todo = [], list(ast.parse((_HERE / f"{module}.py").read_text()).body)
+    found, todo = [], list(ast.parse(_SOURCES[source_hash].decode()).body)
     while todo:
         node = todo.pop()
         if isinstance(node, ast.If) and _type_checking(node.test):
@@ -112,12 +146,12 @@ def _digest_of(files: tuple[tuple[str, str, tuple[str, ...]], ...]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _code(file: str, source_hash: str, skip: tuple[str, ...]) -> str:
-    return code_only((_HERE / file).read_text(), skip)
+    return code_only(_SOURCES[source_hash].decode(), skip)
 
 
 def _clear_caches() -> None:
-    _LOADED.clear()
-    for f in (_imports, _digest_of, _code):
+    _FIRST_SEEN.clear()
+    for f in (_imports, _digest_of, _code, _code_of):
         f.cache_clear()
 
 

@@ -164,7 +164,7 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
     if todo:
         print(f"means: {len(todo)} rows to compute")
         n_jobs = min(n_jobs or protocol.default_jobs(), len(todo))
-        with protocol.quiet_worker_retirement():
+        with protocol.row_workers():
             done = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
                 delayed(evaluate_mean_row)(inp, v, s) for v, s in todo)
             for _ in tqdm(done, total=len(todo), desc="mean rows", disable=not progress):

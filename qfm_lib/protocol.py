@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import torch
 
 from .baselines import fit_ridge, fit_svr
-from .cache import atomic_write, cache_path, code_digest, digest, library_versions
+from .cache import atomic_write, cache_path, code_digest, digest, library_versions, sources_digest
 from .decoder import DecoderConfig, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
@@ -387,15 +387,28 @@ def default_jobs() -> int:
 
 
 @contextlib.contextmanager
-def quiet_worker_retirement():
-    """Silence one loky warning while rows are computed. loky retires a worker whose memory grew by
-    300 MB since its first job (it takes that for a leak; row workers hold a split's token table on
-    purpose) and warns "A worker stopped ..." when it starts the next: a bound on the workers' memory,
-    not a fault."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
-                                category=UserWarning)
-        yield
+def row_workers():
+    """Around a joblib (loky) pool that computes rows. loky keeps its worker processes for 300 s between
+    pools, with the code they imported: if qfm_lib's sources changed since they started (or it is not
+    known when they did), they are shut down first, so fresh ones import the code on disk. And one loky
+    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
+    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
+    when it starts the next, a bound on the workers' memory, not a fault."""
+    from joblib.externals.loky import reusable_executor
+
+    sources = sources_digest()
+    workers = getattr(reusable_executor, "_executor", None)  # loky's one reusable pool, if started
+    if workers is not None and getattr(workers, "qfm_sources", None) != sources:
+        workers.shutdown(wait=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                    category=UserWarning)
+            yield
+    finally:
+        workers = getattr(reusable_executor, "_executor", None)
+        if workers is not None:  # (this pool's workers, started from the sources of `sources`)
+            workers.qfm_sources = sources
 
 
 def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool,
@@ -406,7 +419,7 @@ def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int,
     bar = tqdm(total=len(todo), desc=f"training rows ({n_jobs} workers)", disable=not progress)
     done: set[tuple[str, int]] = set()
     try:
-        with quiet_worker_retirement():
+        with row_workers():
             results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
                 delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
             for name, split in results:

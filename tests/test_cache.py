@@ -1,4 +1,5 @@
 """The code and library parts of the cache keys (qfm_lib.cache)."""
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,18 +38,99 @@ def test_an_edited_module_moves_the_digest_without_a_restart(package_copy):
     assert code_digest("saliency") != before
 
 
-def test_a_module_edited_but_not_reloaded_is_an_error(package_copy, monkeypatch):
-    # imported from images.py, then the file edited: the running code is not the code the key would name
-    images = SimpleNamespace(__file__=str(package_copy / "images.py"), __spec__=object())
-    monkeypatch.setitem(sys.modules, "qfm_lib.images", images)
-    before = code_digest("saliency")
-    _append(package_copy / "images.py", "\n# a comment\n")  # no code changed: nothing to reload
-    assert code_digest("saliency") == before
-    _append(package_copy / "images.py", "EXTRA = 1\n")
-    with pytest.raises(RuntimeError, match="images.py changed after this process imported it"):
-        code_digest("saliency")
-    images.__spec__ = object()  # importlib.reload (%autoreload) gives the module a new spec
-    assert code_digest("saliency") != before
+def _run_in_copy(package_copy: Path, script: str) -> str:
+    """Run `script` in a fresh Python that imports qfm_lib from `package_copy` (real imports, real reloads)."""
+    import subprocess
+    import textwrap
+
+    env = {**os.environ, "PYTHONPATH": str(package_copy.parent)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
+                          cwd=package_copy.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_module_edited_but_not_reloaded_is_an_error(package_copy):
+    # imported, then edited before this process made any key: the running code is not the code the key
+    # would name. A reload lifts the error, a failed %autoreload does not; an edited comment is none.
+    out = _run_in_copy(package_copy, f"""
+        import importlib
+        from pathlib import Path
+        from IPython.extensions.autoreload import superreload
+        from qfm_lib import cache, images
+        file = Path(images.__file__)
+        assert file.resolve() == Path({str(package_copy / "images.py")!r}).resolve()
+
+        def key(label):
+            try:
+                return cache.code_digest("images")
+            except RuntimeError as err:
+                print(label, "refused:", err)
+
+        file.write_text(file.read_text() + "EXTRA = 1\\n")  # before this process made any key
+        key("edited")
+        importlib.reload(images)
+        before = key("reloaded")
+        file.write_text(file.read_text() + "\\n# a comment\\n")
+        print("comment:", key("comment") == before)
+        file.write_text(file.read_text() + "BOOM = 1 / 0\\n")
+        try:
+            superreload(images)
+        except ZeroDivisionError:
+            pass
+        key("failed autoreload")
+        """)
+    assert "edited refused:" in out and "images.py changed after this process imported it" in out
+    assert "restart the kernel" in out
+    assert "reloaded refused" not in out and "comment: True" in out
+    assert "failed autoreload refused:" in out
+
+
+def test_row_workers_run_the_code_on_disk(package_copy):
+    # loky keeps its workers (and the code they imported) between pools; protocol.row_workers starts
+    # fresh ones once qfm_lib's sources changed, whether or not this process reloaded anything (even
+    # protocol itself). A worker left with the old code refuses to make a key.
+    out = _run_in_copy(package_copy, """
+        import importlib
+        from pathlib import Path
+        from joblib import Parallel, delayed
+        from joblib.externals.loky import reusable_executor
+        from qfm_lib import images, protocol
+
+        def extra():
+            from qfm_lib import images
+            return getattr(images, "EXTRA", None)
+
+        def key():
+            from qfm_lib import cache
+            return cache.code_digest("images")
+
+        def pool(job):
+            return Parallel(n_jobs=2, backend="loky")(delayed(job)() for _ in range(4))
+
+        def row_pool(job):
+            with protocol.row_workers():
+                return pool(job)
+
+        file = Path(images.__file__)
+        print("first:", row_pool(extra), row_pool(key)[0] == key())
+        workers = reusable_executor._executor
+        print("reused:", row_pool(extra), reusable_executor._executor is workers)
+        file.write_text(file.read_text() + "EXTRA = 1\\n")
+        try:
+            pool(key)
+        except RuntimeError as err:
+            print("plain pool refused:", err)
+        print("after an edit:", row_pool(extra), reusable_executor._executor is workers)
+        importlib.reload(protocol)
+        file.write_text(file.read_text() + "EXTRA = 2\\n")
+        print("protocol reloaded:", row_pool(extra))
+        """)
+    assert "first: [None, None, None, None] True" in out
+    assert "reused: [None, None, None, None] True" in out
+    assert "plain pool refused:" in out and "this worker process imported it before the change" in out
+    assert "after an edit: [1, 1, 1, 1] False" in out
+    assert "protocol reloaded: [2, 2, 2, 2]" in out
 
 
 def test_type_checking_imports_are_not_followed(package_copy):

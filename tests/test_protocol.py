@@ -1,5 +1,6 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qfm_lib import protocol
+from qfm_lib import cache, protocol
 from qfm_lib.cache import atomic_write, cache_path, code_digest, code_files, code_only, digest
 from qfm_lib.manifold import ManifoldConfig
 from qfm_lib.metrics import selection_score
@@ -54,28 +55,24 @@ def test_parallel_rows_equal_serial_rows(fast_variants, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(serial[cols], parallel[cols])
 
 
-def test_code_digest_covers_every_imported_module(monkeypatch):
+def test_code_digest_covers_every_imported_module(monkeypatch, tmp_path):
     # the modules a result row's code imports today (a new import must join this list knowingly)
     assert code_files("protocol") == sorted(f"{m}.py" for m in (
         "analysis", "backbones", "baselines", "cache", "data", "decoder", "features", "images", "local_manifold",
         "manifold", "metrics", "models", "pairs", "paths", "protocol", "qfm_iqm", "saliency", "splits", "stats",
         "tail", "tokens", "training"))
+    # the same digest from a copy of the sources, then metrics.py given one more line of code
+    copy = tmp_path / "qfm_lib"
+    shutil.copytree(Path(protocol.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     code_digest.cache_clear()
     before = protocol._code_digest()
-    read_text = Path.read_text
-
-    def edited(path, *args, **kwargs):  # metrics.py with one more line of code
-        text = read_text(path, *args, **kwargs)
-        return text + "\nEXTRA = 1\n" if path.name == "metrics.py" else text
-
-    monkeypatch.setattr(Path, "read_text", edited)
-    code_digest.cache_clear()
+    monkeypatch.setattr(cache, "_HERE", copy)
     try:
+        assert protocol._code_digest() == before
+        (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\nEXTRA = 1\n")
         assert protocol._code_digest() != before
     finally:
-        monkeypatch.setattr(Path, "read_text", read_text)
         code_digest.cache_clear()
-    assert protocol._code_digest() == before
 
 
 def test_selection_never_reads_test_labels(fast_variants):
@@ -239,7 +236,7 @@ def test_worker_retirement_warning_silenced_only_while_rows_run():
     message = "A worker stopped while some jobs were given to the executor. This can be caused by ..."
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        with protocol.quiet_worker_retirement():
+        with protocol.row_workers():
             warnings.warn(message, UserWarning)
             warnings.warn("another warning", UserWarning)
         warnings.warn(message, UserWarning)
