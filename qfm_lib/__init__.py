@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import sys
 from importlib.machinery import PathFinder
-from pathlib import Path
 
 __version__ = "0.1.0"
 
 
 def _record_source(spec) -> None:
     """Keep the module's source on its spec (`spec.qfm_source`): the code a module runs is the code its
-    spec was found with, which cache.code_digest checks against the code on disk."""
+    spec was found with, which cache.code_digest checks against the code on disk. (Builtins only: a
+    full %autoreload of this package empties its globals while the finder below still runs.)"""
     try:
-        spec.qfm_source = Path(spec.origin).read_bytes()
+        with open(spec.origin, "rb") as fh:
+            spec.qfm_source = fh.read()
     except (AttributeError, OSError, TypeError):  # no spec or no source file: nothing to check against
         pass
 
@@ -34,19 +35,19 @@ class _RecordSources:
     records_qfm_lib_sources = True
 
     @staticmethod
-    def find_spec(name: str, path=None, target=None):
-        if name != __name__ and not name.startswith(f"{__name__}."):
+    def find_spec(name: str, path=None, target=None, _package=__name__, _find=PathFinder.find_spec,
+                  _record=_record_source):  # (bound here: see _record_source)
+        if name != _package and not name.startswith(f"{_package}."):
             return None
-        spec = PathFinder.find_spec(name, path, target)
+        spec = _find(name, path, target)
         if spec is not None and str(spec.origin).endswith(".py"):
-            _record_source(spec)
+            _record(spec)
         return spec
 
 
 _record_source(__spec__)  # (the first import found this module before the finder below was there)
 if not any(getattr(finder, "records_qfm_lib_sources", False) for finder in sys.meta_path):
     sys.meta_path.insert(0, _RecordSources)
-
 
 def print_versions() -> dict[str, str]:
     """Print and return the versions that a notebook's numbers depend on (first cell of every notebook)."""

@@ -86,18 +86,44 @@ def test_a_module_edited_but_not_reloaded_is_an_error(package_copy):
     assert "failed autoreload refused:" in out
 
 
+def test_a_full_autoreload_of_the_package_keeps_the_check(package_copy):
+    # IPython's full reload empties the package's globals while its finder still runs
+    out = _run_in_copy(package_copy, """
+        from pathlib import Path
+        from IPython.extensions.autoreload import superreload
+        import qfm_lib
+        from qfm_lib import cache
+        file = Path(qfm_lib.__file__)
+        file.write_text(file.read_text() + "EXTRA = 1\\n")
+        try:
+            cache.code_digest("ensembles")
+        except RuntimeError:
+            print("refused")
+        superreload(qfm_lib)
+        print("reloaded:", qfm_lib.EXTRA, len(cache.code_digest("ensembles")))
+        file.write_text(file.read_text() + "EXTRA = 2\\n")
+        try:
+            cache.code_digest("ensembles")
+        except RuntimeError:
+            print("refused again")
+        """)
+    assert out.split() == ["refused", "reloaded:", "1", "24", "refused", "again"]
+
+
 def test_row_workers_run_the_code_on_disk(package_copy):
     # loky keeps its workers (and the code they imported) between pools; protocol.row_workers starts
     # fresh ones once qfm_lib's sources changed, whether or not this process reloaded anything (even
-    # protocol itself). A worker left with the old code refuses to make a key.
+    # protocol itself). A worker left with the old code refuses to make a key. (A pool whose job fails
+    # shuts loky's workers down by itself, so that comes last.)
     out = _run_in_copy(package_copy, """
-        import importlib
+        import importlib, time
         from pathlib import Path
         from joblib import Parallel, delayed
         from joblib.externals.loky import reusable_executor
         from qfm_lib import images, protocol
 
         def extra():
+            time.sleep(0.3)  # so that both workers take jobs
             from qfm_lib import images
             return getattr(images, "EXTRA", None)
 
@@ -117,20 +143,21 @@ def test_row_workers_run_the_code_on_disk(package_copy):
         workers = reusable_executor._executor
         print("reused:", row_pool(extra), reusable_executor._executor is workers)
         file.write_text(file.read_text() + "EXTRA = 1\\n")
-        try:
-            pool(key)
-        except RuntimeError as err:
-            print("plain pool refused:", err)
         print("after an edit:", row_pool(extra), reusable_executor._executor is workers)
         importlib.reload(protocol)
         file.write_text(file.read_text() + "EXTRA = 2\\n")
         print("protocol reloaded:", row_pool(extra))
+        file.write_text(file.read_text() + "EXTRA = 3\\n")
+        try:
+            pool(key)
+        except RuntimeError as err:
+            print("plain pool refused:", err)
         """)
     assert "first: [None, None, None, None] True" in out
     assert "reused: [None, None, None, None] True" in out
-    assert "plain pool refused:" in out and "this worker process imported it before the change" in out
     assert "after an edit: [1, 1, 1, 1] False" in out
     assert "protocol reloaded: [2, 2, 2, 2]" in out
+    assert "plain pool refused:" in out and "this worker process imported it before the change" in out
 
 
 def test_type_checking_imports_are_not_followed(package_copy):

@@ -95,7 +95,7 @@ def main() -> None:
     depths = sys.argv[sys.argv.index("--refit") + 1:] if "--refit" in sys.argv else list(DEPTHS)
     kept = pd.read_csv(csv).query("depth not in @depths") if set(depths) != set(DEPTHS) else None
     jobs = [(split, seed, depth) for split in SPLITS for seed in SEEDS for depth in depths]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_fit)(inputs, *job) for job in jobs))
     rows = pd.concat([kept, rows]).sort_values(["split", "seed", "depth"], ascending=[True, True, False])

@@ -79,7 +79,7 @@ def main() -> None:
 
     jobs = [(with_early, split, seed) for split in SPLITS for seed in SEEDS for with_early in (True, False)
             if with_early or seed != 0]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_predictions)(wide if with_early else inputs.tokens, inputs, split, seed)
             for with_early, split, seed in jobs)

@@ -82,7 +82,7 @@ def main() -> None:
           + err.groupby("stage")["relative error"].describe()[["mean", "max"]].to_string())
 
     jobs = [(split, seed, rate) for split in SPLITS for seed in SEEDS for rate in RATES]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_fit)(inputs, *job) for job in jobs))
     base = pd.read_csv(BASELINE).query("weight == 0").assign(rate=0.0).drop(columns="weight")

@@ -36,7 +36,7 @@ def validation_predictions(inputs: protocol.ProtocolInputs, variant: str, split:
 
 inputs = protocol.inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0", n_crops=5), n_views=5)
 jobs = [(short, split, seed) for split in range(10) for short in MODELS for seed in (0, 1)]
-with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
     preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
         delayed(validation_predictions)(inputs, MODELS[short], split, seed) for short, split, seed in jobs)
 pred = dict(zip(jobs, preds))

@@ -49,7 +49,7 @@ def validation_fit(inputs: protocol.ProtocolInputs, split: int, seed: int, rate:
 def main() -> None:
     inputs = protocol.inputs_from_study(study.load_study_data("livec", "tf_efficientnet_lite0"))
     jobs = [(split, seed, rate) for split in SPLITS for seed in SEEDS for rate in RATES]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_fit)(inputs, *job) for job in jobs))
     rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")

@@ -65,7 +65,7 @@ def main() -> None:
         inputs.tokens_for(replace(base, tail_blocks=blocks))
 
     jobs = [(split, seed, blocks) for blocks in DEPTHS for split in SPLITS for seed in SEEDS]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         rows = pd.DataFrame(Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_fit)(inputs, *job) for job in jobs)).sort_values(["split", "seed", "blocks"])
     rows.to_csv(Path(__file__).with_suffix(".csv"), index=False, float_format="%.6f")

@@ -53,7 +53,7 @@ def main() -> None:
 
     jobs = [(scale, split, seed) for split in SPLITS for seed in SEEDS for scale in ("full", "half")
             if (scale, seed) != ("full", 0)]
-    with protocol.row_workers():  # fresh workers after a reload; loky retiring a grown worker is no fault
+    with protocol.row_workers():  # fresh workers after a source edit; loky retiring a grown worker is no fault
         preds = Parallel(n_jobs=2, backend="loky", verbose=5)(
             delayed(validation_predictions)(half_tokens if scale == "half" else inputs.tokens, inputs, split, seed)
             for scale, split, seed in jobs)
