@@ -49,6 +49,7 @@ _record_source(__spec__)  # (the first import found this module before the finde
 if not any(getattr(finder, "records_qfm_lib_sources", False) for finder in sys.meta_path):
     sys.meta_path.insert(0, _RecordSources)
 
+
 def print_versions() -> dict[str, str]:
     """Print and return the versions that a notebook's numbers depend on (first cell of every notebook)."""
     import platform
