@@ -39,6 +39,27 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of qfm_lib's sources that cache.code_files and code_digest read instead of the real ones;
+    every module's digest from the copy is first checked to equal the real one."""
+    import shutil
+
+    from qfm_lib import cache
+
+    real = Path(cache.__file__).parent
+    copy = tmp_path / "qfm_lib"
+    shutil.copytree(real, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    modules = sorted(f.stem for f in real.glob("*.py") if f.stem != "__init__")
+    cache.code_digest.cache_clear()
+    digests = [cache.code_digest(m) for m in modules]
+    monkeypatch.setattr(cache, "_HERE", copy)
+    cache.code_digest.cache_clear()
+    assert [cache.code_digest(m) for m in modules] == digests
+    yield copy
+    cache.code_digest.cache_clear()
+
+
+@pytest.fixture
 def fast_variants(monkeypatch):
     """The registry's variants with few epochs, so the protocol runs in seconds."""
     from qfm_lib import protocol

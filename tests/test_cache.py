@@ -1,27 +1,11 @@
 """The code and library parts of the cache keys (qfm_lib.cache)."""
 import os
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-import qfm_lib
-from qfm_lib import cache
 from qfm_lib import features as F
 from qfm_lib.cache import code_digest, code_files, library_versions
-
-
-@pytest.fixture
-def package_copy(tmp_path, monkeypatch):
-    """A copy of qfm_lib's sources that code_files and code_digest read instead of the real ones."""
-    copy = tmp_path / "qfm_lib"
-    shutil.copytree(Path(qfm_lib.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(cache, "_HERE", copy)
-    code_digest.cache_clear()
-    yield copy
-    code_digest.cache_clear()
 
 
 def _append(path: Path, text: str) -> None:
