@@ -37,7 +37,7 @@ def code_digest(module: str, skip: tuple[tuple[str, tuple[str, ...]], ...] = ())
     module-level assignments to those names in that file left out (see code_only).
 
     The files are read at every call (their parsed code is remembered by content hash), so a module
-    reloaded in a running kernel (`%autoreload`) gets its new key. A module whose code was edited on
+    reloaded in a running kernel (`%autoreload 2 --full`, README) gets its new key. A module whose code was edited on
     disk since this process imported it, and not reloaded, would file the old code's results under the
     new code's key: that is an error (`_source_hash`), which asks for a kernel restart; an edited
     comment or docstring is not."""
@@ -85,9 +85,12 @@ def _source_hash(module: str) -> str:
     if loaded is None or Path(getattr(loaded, "__file__", "") or "") != path:
         return found
     running = _running_source(name, loaded, source)
-    if running != source and _code_of(running) != _code_of(source):
-        where = ("this worker process imported it before the change (protocol.row_workers() around a pool "
-                 "starts fresh workers whenever qfm_lib's sources changed)" if multiprocessing.parent_process()
+    ran = hashlib.sha256(running).hexdigest()
+    _SOURCES.setdefault(ran, running)
+    if ran != found and _code(path.name, ran, ()) != _code(path.name, found, ()):
+        where = ("this worker process imported it before the change: run the pool inside protocol.row_workers(), "
+                 "which starts fresh workers whenever qfm_lib's sources changed, and restart the kernel if it "
+                 "imported the module too" if multiprocessing.parent_process()
                  else "restart the kernel (importlib.reload of this module alone would leave the names other "
                       "modules imported from it running the old code)")
         raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the "
@@ -110,11 +113,6 @@ def _running_source(name: str, loaded: Any, source: bytes) -> bytes:
 def sources_digest() -> str:
     """A hash of every qfm_lib source file on disk: what the code of a worker process started now would be."""
     return digest(sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in _HERE.glob("*.py")))
-
-
-@functools.lru_cache(maxsize=None)
-def _code_of(source: bytes) -> str:
-    return code_only(source.decode())
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,7 +149,7 @@ def _code(file: str, source_hash: str, skip: tuple[str, ...]) -> str:
 
 def _clear_caches() -> None:
     _FIRST_SEEN.clear()
-    for f in (_imports, _digest_of, _code, _code_of):
+    for f in (_imports, _digest_of, _code):
         f.cache_clear()
 
 

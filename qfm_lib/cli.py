@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _unwritable_folder(path: Path) -> str | None:
+    """Why folder `path` (existing, or made by mkdir -p) cannot be written to, or None."""
+    if path.exists() and not path.is_dir():
+        return "it is a file"
+    nearest = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    return None if os.access(nearest, os.W_OK) else f"{nearest} is read-only"
+
+
 def _unwritable(path: Path) -> str | None:
     """Why `path` cannot be written, or None: an existing writable file, or a new file in a writable folder."""
     if path.is_dir():
@@ -129,23 +137,38 @@ def _add_config_arguments(tune: argparse.ArgumentParser) -> None:
     from .finetune import FinetuneConfig
 
     for field, default in FinetuneConfig().__dict__.items():
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        kind = _yes_or_no if isinstance(default, bool) else type(default)
         tune.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default, help=f"default: {default}")
+
+
+def _yes_or_no(value: str) -> bool:
+    """A boolean option's value: true/false, yes/no or 1/0; anything else is an error naming it."""
+    answers = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if value.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected true or false (yes/no, 1/0), got {value!r}")
+    return answers[value.lower()]
 
 
 def _finetune(args) -> int:
     import re
 
+    from .backbones import WeightsUnavailableError
     from .finetune import FinetuneConfig, finetune_study
 
+    out = Path(args.output_dir)
+    if why := _unwritable_folder(out):
+        print(f"qfm finetune: cannot write to --output-dir {out} ({why}); nothing was trained", file=sys.stderr)
+        return 2
+    if args.n_images is not None and args.n_images < 1:
+        print(f"qfm finetune: --n-images must be a whole number >= 1, got {args.n_images}", file=sys.stderr)
+        return 2
     try:
         cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
         rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
                                           score_test=not args.validation_only, lr_grid=args.lr_grid)
-    except ValueError as err:
+    except (ValueError, WeightsUnavailableError) as err:
         print(f"qfm finetune: {err}", file=sys.stderr)
         return 2
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_"),
                      "lr" + ("-".join(f"{lr:g}" for lr in args.lr_grid) if args.lr_grid else f"{cfg.lr:g}")]

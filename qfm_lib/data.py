@@ -227,8 +227,8 @@ CSIQ_FILE_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
 def _convert_csiq(release: Path) -> pd.DataFrame:
     """CSIQ: csiq.DMOS.xlsx (sheet all_by_image: image, dst_type, dst_lev, dmos_std, dmos) and
     dst_imgs/<folder>/<image>.<TYPE>.<level>.png."""
-    sheet = pd.read_excel(_require(release / "csiq.DMOS.xlsx", "csiq.DMOS.xlsx"),
-                          sheet_name="all_by_image")
+    sheet = _columns(pd.read_excel(_require(release / "csiq.DMOS.xlsx", "csiq.DMOS.xlsx"), sheet_name="all_by_image"),
+                     "csiq.DMOS.xlsx (sheet all_by_image)", "image", "dst_type", "dst_lev", "dmos_std", "dmos")
     rows = []
     for i, r in sheet.iterrows():
         kind = str(r["dst_type"]).strip().lower()
@@ -236,9 +236,12 @@ def _convert_csiq(release: Path) -> pd.DataFrame:
             raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: unknown dst_type {r['dst_type']!r}")
         folder, tag = CSIQ_FILE_TYPES[kind]
         ref = str(r["image"]).strip()
-        rows.append({"image": f"{folder}/{ref}.{tag}.{int(r['dst_lev'])}.png", "ref": ref,
-                     "dist_type": folder, "dist_level": int(r["dst_lev"]),
-                     "mos": float(r["dmos"]), "mos_std": float(r["dmos_std"])})
+        try:
+            level = int(r["dst_lev"])
+        except (TypeError, ValueError):
+            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
+        rows.append({"image": f"{folder}/{ref}.{tag}.{level}.png", "ref": ref, "dist_type": folder,
+                     "dist_level": level, "mos": float(r["dmos"]), "mos_std": float(r["dmos_std"])})
     table = pd.DataFrame(rows)
     table["mos"] = _flip(table["mos"], DATASETS["csiq"])
     return table
@@ -248,24 +251,48 @@ def _convert_tid2013(release: Path) -> pd.DataFrame:
     """TID2013: mos_with_names.txt ('5.51429 I01_01_1.bmp' per line), mos_std.txt,
     distorted_images/ (file names vary in case: i01_01_1.bmp, I25_01_1.BMP)."""
     lines = _require(release / "mos_with_names.txt", "mos_with_names.txt").read_text().split("\n")
-    pairs = [ln.split() for ln in lines if ln.strip()]
+    entries = [(n + 1, ln.split()) for n, ln in enumerate(lines) if ln.strip()]
     std_file = release / "mos_std.txt"
-    stds = [float(s) for s in std_file.read_text().split()] if std_file.exists() else [np.nan] * len(pairs)
+    stds = _numbers(std_file.read_text().split(), "mos_std.txt") if std_file.exists() else [np.nan] * len(entries)
+    if len(stds) != len(entries):
+        raise DatasetError(f"mos_std.txt holds {len(stds)} values for the {len(entries)} images of mos_with_names.txt")
     files = {p.name.lower(): p for p in _require(release / "distorted_images", "distorted_images/").iterdir()}
     rows = []
-    for n, (mos, name) in enumerate(pairs):
+    for (line, fields), std in zip(entries, stds):
+        where = f"mos_with_names.txt line {line}"
+        if len(fields) != 2:
+            raise DatasetError(f"{where}: expected '<mos> <image name>', got {' '.join(fields)!r}")
+        mos, name = fields
+        parts = Path(name).stem.upper().split("_")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise DatasetError(f"{where}: {name} is not named I<ref>_<distortion>_<level> (e.g. I01_01_1.bmp)")
         if name.lower() not in files:
-            raise DatasetError(f"mos_with_names.txt line {n + 1}: no file {name} in distorted_images/")
-        ref, dist, level = Path(name).stem.upper().split("_")
-        rows.append({"image": files[name.lower()].name, "mos": float(mos), "mos_std": stds[n],
-                     "ref": ref, "dist_type": dist, "dist_level": int(level)})
+            raise DatasetError(f"{where}: no file {name} in distorted_images/")
+        rows.append({"image": files[name.lower()].name, "mos": _numbers([mos], where)[0], "mos_std": std,
+                     "ref": parts[0], "dist_type": parts[1], "dist_level": int(parts[2])})
     return pd.DataFrame(rows)
+
+
+def _numbers(values: list[str], where: str) -> list[float]:
+    """floats of `values`; a DatasetError naming `where` and the first value that is not a number."""
+    try:
+        return [float(v) for v in values]
+    except ValueError as err:
+        raise DatasetError(f"{where}: {err}") from None
+
+
+def _columns(frame: pd.DataFrame, where: str, *names: str) -> pd.DataFrame:
+    """`frame`, which must have the columns `names`; else a DatasetError naming the file and the columns."""
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DatasetError(f"{where}: no column {', '.join(map(repr, missing))}; its columns are {list(frame.columns)}")
+    return frame
 
 
 def _convert_kadid10k(release: Path) -> pd.DataFrame:
     """KADID-10k: dmos.csv (dist_img, ref_img, dmos, var) and images/. Despite its name the
     'dmos' column is higher-is-better (1-5 DCR scale), so it is not flipped."""
-    csv = pd.read_csv(_require(release / "dmos.csv", "dmos.csv"))
+    csv = _columns(pd.read_csv(_require(release / "dmos.csv", "dmos.csv")), "dmos.csv", "dist_img", "ref_img", "dmos", "var")
     parts = csv["dist_img"].str.extract(r"I\d+_(\d+)_(\d+)")
     return pd.DataFrame({"image": csv["dist_img"], "mos": csv["dmos"], "mos_std": np.sqrt(csv["var"]),
                          "ref": csv["ref_img"].str.replace(r"\.\w+$", "", regex=True),
@@ -287,15 +314,15 @@ def _convert_livec(release: Path) -> pd.DataFrame:
 
 def _convert_koniq10k(release: Path) -> pd.DataFrame:
     """KonIQ-10k: koniq10k_scores_and_distributions.csv (image_name, MOS, SD) and 1024x768/."""
-    csv = pd.read_csv(_require(release / "koniq10k_scores_and_distributions.csv",
-                               "koniq10k_scores_and_distributions.csv"))
+    name = "koniq10k_scores_and_distributions.csv"
+    csv = _columns(pd.read_csv(_require(release / name, name)), name, "image_name", "MOS", "SD")
     return pd.DataFrame({"image": csv["image_name"], "mos": csv["MOS"], "mos_std": csv["SD"]})
 
 
 def _convert_spaq(release: Path) -> pd.DataFrame:
     """SPAQ: Annotations/MOS and Image attribute scores.xlsx (Image name, MOS) and TestImage/."""
-    sheet = pd.read_excel(_require(release / "Annotations" / "MOS and Image attribute scores.xlsx",
-                                   "Annotations/MOS and Image attribute scores.xlsx"))
+    name = "Annotations/MOS and Image attribute scores.xlsx"
+    sheet = _columns(pd.read_excel(_require(release / name, name)), name, "Image name", "MOS")
     return pd.DataFrame({"image": sheet["Image name"].astype(str), "mos": sheet["MOS"]})
 
 

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from .metrics import selection_score
 from .tail import LearnedTail
 from .tokens import TokenSet
-from .training import run_epochs
+from .training import check_training_settings, run_epochs
 
 
 # The study's token variants override some of these defaults in the registry (protocol._token_config):
@@ -91,6 +91,7 @@ class DecoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_training_settings(self)
         if self.window < 0 or self.eval_grid < 0 or self.n_windows < 1:
             raise ValueError(f"bad window settings: window={self.window}, eval_grid={self.eval_grid}, "
                              f"n_windows={self.n_windows}")
@@ -245,6 +246,9 @@ class TrainedDecoder:
 
     def view(self, tokens: TokenSet) -> TokenSet:
         """The token set as this model reads it: normalised with its training statistics."""
+        if tokens.channels != len(self.tokens_mean):
+            raise ValueError(f"these token maps have {tokens.channels} channels per cell, this model was trained on "
+                             f"{len(self.tokens_mean)} (token maps of another backbone or other stages)")
         tokens.mean, tokens.std = self.tokens_mean, self.tokens_std
         return tokens
 
@@ -290,14 +294,23 @@ class TrainedDecoder:
         """Quality of each image: the mean score of its evaluation windows."""
         return np.nanmean(self.window_scores(tokens, np.asarray(rows)), axis=1)
 
-    def gate_values(self, tokens: TokenSet, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), C) channel multipliers of the gate on each whole map."""
+    def gate_values(self, tokens: TokenSet, rows: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """(len(rows), C) channel multipliers of the gate on each image: the mean, over the image's
+        evaluation windows (those predict() scores), of the gate each window gets from its own cells."""
         self.model.eval()
         tokens = self.view(tokens)
+        rows = np.asarray(rows)
+        tokens.check_window(rows, self.config.window)
+        window, n = self.config.window, self.config.eval_grid
+        image, tops, lefts = tokens.grid_windows(rows, window, n)
+        owner = np.repeat(np.arange(len(rows)), [len(tokens.grid_positions(r, window, n)) for r in rows])
         with torch.no_grad():
-            return np.stack([
-                self.model.gate_values(tokens.windows(np.array([r]), None, None, 0, table_dtype(self.config)))[0].numpy()
-                for r in rows])
+            gates = torch.cat([self.model.gate_values(tokens.windows(
+                image[i:i + chunk], tops[i:i + chunk], lefts[i:i + chunk], window, table_dtype(self.config)))
+                for i in range(0, len(image), chunk)]).double().numpy()
+        sums = np.zeros((len(rows), gates.shape[1]))
+        np.add.at(sums, owner, gates)
+        return (sums / np.bincount(owner, minlength=len(rows))[:, None]).astype(np.float32)
 
     def state(self) -> dict:
         return {"state_dict": self.model.state_dict(), "tokens_mean": torch.from_numpy(self.tokens_mean),

@@ -433,18 +433,37 @@ def _extract_entry(paths: list[Path], names: list[str], backbone: Backbone, spec
     os.replace(partial, entry)
 
 
-def _load_entry(entry: Path) -> dict[str, np.ndarray]:
-    """features (and boxes), plus tokens (memory-mapped) and grid for a whole-image entry."""
+def _load_entry(entry: Path, backbone: Backbone) -> dict[str, np.ndarray]:
+    """features (and boxes), plus tokens (memory-mapped) and grid for a whole-image entry, checked
+    against the entry's meta.json and `backbone`: a damaged entry is an error naming it."""
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{entry}: {what} (a damaged or foreign cache entry); delete that folder and rerun to "
+                          f"extract it again")
+
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise damaged(f"its meta.json cannot be read ({type(err).__name__}: {err})") from err
+    if (meta.get("backbone"), meta.get("weights_sha256")) != (backbone.name, backbone.weights_sha256):
+        raise damaged(f"it holds features of {meta.get('backbone')} (weights {str(meta.get('weights_sha256'))[:12]}), "
+                      f"not of {backbone.name} (weights {backbone.weights_sha256[:12]})")
     feats, boxes = [], []
     for chunk in sorted(entry.glob("chunk_*.npz")):
         with np.load(chunk) as data:
             feats.append(data["features"])
             if "boxes" in data:
                 boxes.append(data["boxes"])
-    out = {"features": np.concatenate(feats), "boxes": np.concatenate(boxes) if boxes else None}
+    out = {"features": np.concatenate(feats) if feats else np.zeros(0),
+           "boxes": np.concatenate(boxes) if boxes else None}
+    if len(out["features"]) != meta["n_images"]:
+        raise damaged(f"it holds {len(out['features'])} images' features, its meta.json says {meta['n_images']}")
     if (entry / "tokens.npy").is_file():
         out["tokens"] = np.load(entry / "tokens.npy", mmap_mode="r")
         out["grid"] = np.load(entry / "grid.npy")
+        cells = int(out["grid"].prod(1).sum()) if out["grid"].ndim == 2 else -1
+        if len(out["grid"]) != meta["n_images"] or len(out["tokens"]) != cells:
+            raise damaged(f"its token maps hold {len(out['tokens'])} cells and its grid.npy {len(out['grid'])} grids "
+                          f"of {cells} cells, for {meta['n_images']} images")
     return out
 
 
@@ -509,7 +528,7 @@ def extract_features(table: pd.DataFrame, spec: FeatureSpec = FeatureSpec(),
             with _exclusive(entry):  # another process extracting the same entry: wait, then reuse it
                 if not entry.is_dir():
                     _extract_entry(paths, names, backbone, spec, crops, entry, progress)
-        loaded = _load_entry(entry)
+        loaded = _load_entry(entry, backbone)
         if crops:
             out.crops, out.crop_boxes = loaded["features"], loaded["boxes"]
         else:

@@ -24,6 +24,9 @@ class ImageError(ValueError):
 def _to_uint8_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        bad = int((~np.isfinite(arr)).sum())
+        if bad:
+            raise ValueError(f"{bad} of its {arr.size} pixels are NaN or infinite")
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         if img.mode == "F" and arr.max() <= 1.0:  # floating-point images usually hold 0..1
             top = 1.0

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from .metrics import selection_score
 from .analysis import column_stats
 from .models import BankDropout
-from .training import run_epochs
+from .training import check_training_settings, run_epochs
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class ManifoldConfig:
     max_epochs: int = 40
     patience: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_training_settings(self)
 
 
 class CropModel(nn.Module):

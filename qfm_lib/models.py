@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .analysis import column_stats
 from .metrics import selection_score
 from .pairs import KINDS, kind_mask
-from .training import run_epochs
+from .training import check_training_settings, run_epochs
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class TrainConfig:
     max_epochs: int = 80
     patience: int = 15
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_training_settings(self)
 
 
 class BankDropout(nn.Module):

@@ -330,6 +330,7 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
     try:
         if missing:
             raise ValueError(f"it has no {', '.join(missing)}")
+        FeatureSpec(**payload["feature_spec"])  # fields and engine this qfm_lib knows
         payload["predictor"] = MODEL_KINDS[kind].load(_pretrained_tails(payload["model"], payload["backbone"]))
     except Exception as err:
         what = (f"was saved by {saved_by} (this is {__version__}) and does not load here" if made_by != __version__

@@ -10,6 +10,7 @@ ProtocolInputs carries its own copy (`variants`), so worker processes see the ca
 A row's chosen settings (best epoch, matching strength) are a dict in its `settings` column."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -520,10 +521,9 @@ FINAL_KINDS = {"qfm": "pooled-mlp", "decoder": "token-decoder", "lmc-windows": "
 def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
     """The final model of a variant: trained on every image for the median number of epochs its
     protocol runs kept on validation (best_epoch counts from 0), with the matching strength they
-    chose most often. Returns (trained model, predict.py model kind, settings). Token models are
+    chose most often (a tie goes to the smaller, gentler one; `info["eps_votes"]` gives the counts).
+    Returns (trained model, predict.py model kind, settings). Token models are
     cached, keyed by the rows they were derived from."""
-    from statistics import mode
-
     v = inp.variant(name)
     if v.kind not in FINAL_KINDS:
         raise ValueError(f"{name!r} ({v.kind}) cannot be a final model; kinds that can: {sorted(FINAL_KINDS)}")
@@ -539,13 +539,12 @@ def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
     everything = np.arange(len(inp.y))
     if v.kind == "qfm":
         if cfg.matching_weight:
-            cfg = replace(cfg, matching_eps=mode(s["eps"] for s in settings))
-            info["eps"] = cfg.matching_eps
+            cfg = replace(cfg, matching_eps=_voted_eps(settings, info))
         trained = train_fixed_epochs(inp.x, inp.y, cfg, epochs)
     elif v.kind == "decoder":
         grid = None
         if cfg.adv_weight:
-            grid = (info.setdefault("eps", mode(s["eps"] for s in settings)),)
+            grid = (_voted_eps(settings, info),)
         trained = fit_qfm_decoder(inp.tokens_for(cfg), inp.y, inp.x, {"train": everything, "val": everything}, cfg,
                                   grid, keep_last=True)
     else:
@@ -554,6 +553,14 @@ def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
     if v.kind in TOKEN_KINDS:
         atomic_write(path, lambda fh: torch.save({"model": trained.state(), "info": info}, fh))
     return trained, FINAL_KINDS[v.kind], info
+
+
+def _voted_eps(settings: list[dict], info: dict) -> float:
+    """The matching strength the rows chose most often, the smaller on a tie; recorded in `info`."""
+    votes = collections.Counter(float(s["eps"]) for s in settings)
+    info["eps_votes"] = {str(eps): n for eps, n in sorted(votes.items())}
+    info["eps"] = min(votes, key=lambda eps: (-votes[eps], eps))
+    return info["eps"]
 
 
 def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:

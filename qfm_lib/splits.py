@@ -61,7 +61,8 @@ def load_splits(dataset: str, images: list[str] | None = None, folder: Path | No
     if not path.is_file():
         raise FileNotFoundError(f"no split file {path}: generate it with "
                                 f"`python -m qfm_lib.splits {dataset}` and commit it")
-    table = pd.read_csv(path, dtype=str)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _check_table(table, path)
     if images is not None:
         table = table.set_index("image")
         missing = [img for img in images if img not in table.index]
@@ -69,6 +70,25 @@ def load_splits(dataset: str, images: list[str] | None = None, folder: Path | No
             raise ValueError(f"{path}: {len(missing)} images are in no split, e.g. {missing[:3]}")
         table = table.loc[list(images)].reset_index()
     return table
+
+
+def _check_table(table: pd.DataFrame, path: Path) -> None:
+    """A split file must name each image once and give it train, val or test in every split column;
+    the error names the file, the line and the image."""
+    columns = [c for c in table.columns if c.startswith("split_")]
+    if "image" not in table.columns or not columns:
+        raise ValueError(f"{path}: expected columns image, split_0, split_1, ...; found {list(table.columns)}")
+    duplicated = table.image.duplicated()
+    if duplicated.any():
+        i = int(np.flatnonzero(duplicated)[0])
+        raise ValueError(f"{path}: line {i + 2}: image {table.image[i]!r} appears twice "
+                         f"({int(duplicated.sum())} repeated rows); each image needs one row")
+    for column in columns:
+        bad = ~table[column].isin(("train", "val", "test"))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}: line {i + 2} ({table.image[i]}): {column} is {table[column][i]!r}, expected "
+                             f"train, val or test ({int(bad.sum())} such cells in {column})")
 
 
 def split_parts(table: pd.DataFrame, split: int) -> dict[str, np.ndarray]:

@@ -127,8 +127,7 @@ class TokenSet:
         rows = np.asarray(rows)
         cols = self.grid[rows, 1]
         if window <= 0:
-            if len({tuple(g) for g in self.grid[rows]}) > 1:
-                raise ValueError("whole maps of images with different grids cannot form one batch")
+            self._check_one_grid(rows)
             return self.offsets[rows][:, None] + np.arange(self.grid[rows[0]].prod())[None]
         i, j = np.divmod(np.arange(window * window), window)
         return (self.offsets[rows][:, None] + (tops[:, None] + i[None]) * cols[:, None]
@@ -186,9 +185,18 @@ class TokenSet:
         """(len(rows), C) each image's raw (unnormalised) token channels averaged over its cells."""
         return self._image_stats()[0][np.asarray(rows)].astype(np.float32)
 
+    def _check_one_grid(self, rows: np.ndarray) -> None:
+        grids = {tuple(g): r for r, g in zip(rows, self.grid[rows])}
+        if len(grids) > 1:
+            (a, ra), (b, rb) = list(grids.items())[:2]
+            raise ValueError(f"whole maps (window 0) of images with different token grids cannot form one batch: "
+                             f"{self.names[ra]} is {a[0]}x{a[1]}, {self.names[rb]} is {b[0]}x{b[1]}; use a window "
+                             f"no larger than the smallest grid ({int(self.grid[rows].min())} cells)")
+
     def check_window(self, rows: np.ndarray, window: int) -> None:
-        """Every image in `rows` must hold at least one window."""
+        """Every image in `rows` must hold at least one window; whole maps (window 0) need one grid."""
         if window <= 0:
+            self._check_one_grid(np.asarray(rows))
             return
         small = [r for r in rows if min(self.grid[r]) < window]
         if small:

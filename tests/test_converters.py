@@ -145,3 +145,28 @@ def test_broken_releases_are_named(tmp_path):
         convert_release("tid2013", tmp_path / "rel", tmp_path / "out2")
     with pytest.raises(DatasetError, match="unknown dataset"):
         convert_release("imagenet", tmp_path / "rel", tmp_path / "out3")
+
+
+@pytest.mark.parametrize("lines, std, says", [
+    ("5.5 I01_01_1.bmp\nabc I01_02_5.bmp\n", None, "mos_with_names.txt line 2: could not convert string to float: 'abc'"),
+    ("5.5 I01_01_1.bmp\n\nI01_02_5.bmp\n", None, r"mos_with_names.txt line 3: expected '<mos> <image name>', got 'I01_02_5.bmp'"),
+    ("5.5 I01_01.bmp\n", None, r"line 1: I01_01.bmp is not named I<ref>_<distortion>_<level>"),
+    ("5.5 I01_01_1.bmp\n2.2 I01_02_5.bmp\n", "0.1\n", "mos_std.txt holds 1 values for the 2 images"),
+])
+def test_a_malformed_tid2013_release_is_named_by_file_and_line(tmp_path, lines, std, says):
+    build_tid2013(tmp_path / "rel")
+    (tmp_path / "rel" / "mos_with_names.txt").write_text(lines)
+    if std is None:
+        (tmp_path / "rel" / "mos_std.txt").unlink()
+    else:
+        (tmp_path / "rel" / "mos_std.txt").write_text(std)
+    with pytest.raises(DatasetError, match=says):
+        convert_release("tid2013", tmp_path / "rel", tmp_path / "out")
+
+
+def test_a_label_file_without_its_columns_is_named(tmp_path):
+    build_koniq10k(tmp_path / "rel")
+    csv = tmp_path / "rel" / "koniq10k_scores_and_distributions.csv"
+    pd.read_csv(csv).rename(columns={"MOS": "mos"}).to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match="koniq10k_scores_and_distributions.csv: no column 'MOS'; its columns are"):
+        convert_release("koniq10k", tmp_path / "rel", tmp_path / "out")

@@ -47,6 +47,11 @@ def test_windows_shapes_normalisation_and_errors():
     small = TokenSet(np.zeros((48, 4), np.float16), np.array([[6, 6], [2, 6]]), ["a.jpg", "tiny.png"])
     with pytest.raises(ValueError, match="tiny.png has a 2x6 token grid, smaller than the 3x3 window"):
         small.check_window(np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="a.jpg is 6x6, tiny.png is 2x6; use a window no larger than the smallest grid .2"):
+        small.windows(np.array([0, 1]), None, None, 0)
+    with pytest.raises(ValueError, match="a.jpg is 6x6, tiny.png is 2x6"):
+        small.check_window(np.array([0, 1]), 0)  # before any training: fit_decoder checks its rows first
+    small.check_window(np.array([0]), 0)
     with pytest.raises(ValueError, match="anchor"):
         DecoderConfig(anchor="somewhere")
     with pytest.raises(ValueError, match="eval_grid=-1"):
@@ -75,7 +80,7 @@ def test_mixed_grids():
     x = tokens.windows(np.array([1]), np.array([2]), np.array([5]), 3)
     flat = np.asarray(tokens.tokens, np.float32)[36:76].reshape(5, 8, 10)[2:5, 5:8].reshape(9, 10)
     np.testing.assert_allclose(x[0].numpy(), flat, rtol=1e-3)
-    with pytest.raises(ValueError, match="different grids"):
+    with pytest.raises(ValueError, match="different token grids cannot form one batch: a is 6x6, b is 5x8"):
         tokens.windows(np.array([0, 1]), None, None, 0)
 
 
@@ -112,6 +117,24 @@ def test_decoder_learns_and_is_deterministic():
     again = TrainedDecoder.from_state(a.state())
     np.testing.assert_allclose(again.predict(tokens, parts["test"]), pa, rtol=1e-5)
     assert a.gate_values(tokens, parts["test"][:3]).shape == (3, 12)
+    other, _ = _tokens(channels=10)
+    with pytest.raises(ValueError, match="these token maps have 10 channels per cell, this model was trained on 12"):
+        a.predict(other, parts["test"])
+
+
+def test_gate_values_average_the_gates_of_the_evaluation_windows():
+    tokens, y = _tokens(n=60)
+    parts = _parts(len(y))
+    trained = fit_decoder(tokens, y, parts["train"], parts["val"], replace(FAST, max_epochs=3, patience=3))
+    rows = parts["test"][:4]
+    got = trained.gate_values(tokens, rows)
+    model, dtype = trained.model, table_dtype(trained.config)
+    for i, r in enumerate(rows):
+        pos = np.array(tokens.grid_positions(r, 3, 2))
+        per_window = model.gate_values(tokens.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3, dtype))
+        np.testing.assert_allclose(got[i], per_window.detach().double().mean(0).numpy(), rtol=1e-6)
+    whole = model.gate_values(tokens.windows(rows, None, None, 0, dtype)).detach().numpy()
+    assert np.abs(got - whole).max() > 1e-4  # the gate is not linear: a whole map's gate is another thing
 
 
 def test_qfm_adversarial_matching_and_eps_on_validation():
@@ -273,3 +296,25 @@ def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
     assert D.precision(FAST) == "fp32" and D.table_dtype(FAST) == torch.float32
     monkeypatch.setattr(D, "_cpu_has_bf16", lambda: True)
     assert D.precision(FAST) == "bf16" and D.table_dtype(FAST) == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"patience": -1}, {"batch_images": 0}, {"lr": 0.0},
+                                 {"lr": float("nan")}, {"weight_decay": -1.0}, {"dropout": 1.0}, {"max_epochs": 2.5}])
+def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
+    from qfm_lib.manifold import ManifoldConfig
+    from qfm_lib.models import TrainConfig
+
+    name = next(iter(bad))
+    for config in (DecoderConfig, TrainConfig, ManifoldConfig):
+        settings = {"batch_size" if name == "batch_images" and config is TrainConfig else name: bad[name]}
+        with pytest.raises(ValueError, match=f"{config.__name__}: {next(iter(settings))} must be"):
+            config(**settings)
+
+
+def test_a_training_that_never_scores_a_finite_validation_says_so():
+    tokens, y = _tokens(n=40)
+    parts = _parts(len(y))
+    y = y.copy()
+    y[parts["val"]] = 50.0  # constant validation labels: every correlation is NaN
+    with pytest.raises(FloatingPointError, match="no epoch of 2 gave a finite validation score"):
+        fit_decoder(tokens, y, parts["train"], parts["val"], replace(FAST, max_epochs=2, patience=2))

@@ -119,6 +119,25 @@ def test_killed_run_resumes_from_finished_chunks(small_livec, lite0, tmp_path, m
     assert not any(e.endswith(".partial") for e in _entries(tmp_path))
 
 
+def test_damaged_or_foreign_entry_is_refused_by_name(small_livec, lite0, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
+    extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    (entry,) = [tmp_path / "cache" / "features" / e for e in _entries(tmp_path)]
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").write_text(json.dumps({**meta, "backbone": "tf_efficientnet_lite2"}))
+    with pytest.raises(ValueError, match=f"{entry.name}: it holds features of tf_efficientnet_lite2 .*delete that folder"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    (entry / "meta.json").write_text(json.dumps(meta))
+    np.save(entry / "grid.npy", np.load(entry / "grid.npy")[:-1])
+    with pytest.raises(ValueError, match="its token maps hold .* cells and its grid.npy 4 grids .* for 5 images"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    sorted(entry.glob("chunk_*.npz"))[-1].unlink()
+    with pytest.raises(ValueError, match="it holds 4 images' features, its meta.json says 5 .*damaged"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+
+
 def test_partial_entry_without_its_token_file_is_refused(small_livec, lite0, tmp_path, monkeypatch):
     monkeypatch.setattr(F, "CHUNK_IMAGES", 2)
     real = F._forward_views
@@ -145,6 +164,16 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     path = tmp_path / "deep.png"
     Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)
     assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
+
+
+def test_float_image_with_nan_pixels_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    pixels = np.full((40, 40), 0.5, np.float32)
+    pixels[:3, :5] = np.nan
+    Image.fromarray(pixels).save(tmp_path / "nan.tif")
+    with pytest.raises(ImageError, match=r"nan\.tif: .*15 of its 1600 pixels are NaN or infinite"):
+        load_rgb(tmp_path / "nan.tif")
 
 
 def test_exif_orientation_applied(tmp_path):

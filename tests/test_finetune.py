@@ -49,6 +49,35 @@ def test_cli_rejects_a_bad_rate_in_the_grid(on_data_root, capsys):
     assert "lr and weight_decay must be >= 0" in capsys.readouterr().err
 
 
+def test_cli_refuses_before_training_what_it_could_not_finish(on_data_root, capsys, tmp_path, monkeypatch):
+    import qfm_lib.finetune as finetune
+    from qfm_lib.cli import main
+
+    monkeypatch.setattr(finetune, "finetune_study", lambda *a, **k: pytest.fail("trained although it would fail"))
+    (tmp_path / "afile").write_text("")
+    base = ["finetune", "--splits", "0", "--device", "cpu"]
+    assert main(base + ["--output-dir", str(tmp_path / "afile")]) == 2
+    assert f"cannot write to --output-dir {tmp_path / 'afile'} (it is a file); nothing was trained" in capsys.readouterr().err
+    assert main(base + ["--n-images", "0"]) == 2
+    assert "--n-images must be a whole number >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--amp", "flase"])
+    assert "expected true or false (yes/no, 1/0), got 'flase'" in capsys.readouterr().err
+
+
+def test_cli_gives_the_remedy_for_weights_it_cannot_find(capsys, monkeypatch):
+    import qfm_lib.finetune as finetune
+    from qfm_lib.backbones import WeightsUnavailableError
+    from qfm_lib.cli import main
+
+    def unavailable(*args, **kwargs):  # what load_backbone raises without a model hub (46 s of retries)
+        raise WeightsUnavailableError("no weights for 'tf_efficientnet_b0'; use one of [...]")
+
+    monkeypatch.setattr(finetune, "finetune_study", unavailable)
+    assert main(["finetune", "--splits", "0", "--device", "cpu", "--backbone", "tf_efficientnet_b0"]) == 2
+    assert "qfm finetune: no weights for 'tf_efficientnet_b0'; use one of" in capsys.readouterr().err
+
+
 def test_lr_grid_keeps_the_rate_validation_prefers_and_scores_test_once(monkeypatch):
     """Each rate of the grid is fitted; the one whose kept weights score highest on validation (the
     first of a tie) is kept, and only its model scores the test part."""

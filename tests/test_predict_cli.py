@@ -196,6 +196,11 @@ def test_model_of_another_qfm_lib_or_damaged_and_other_weights(tmp_path, lite0):
         torch.save({**raw, "qfm_lib_version": version}, tmp_path / "bad.pt")
         with pytest.raises(predict.ModelFileError, match=f"bad\\.pt: this 'pooled-mlp' qfm model {says}: .*it has no weights_sha256.*make figures"):
             predict.load_model(tmp_path / "bad.pt")
+    raw = torch.load(path, weights_only=True)
+    for field, says in [({"legacy_field": 1}, "legacy_field"), ({"engine": "tensorrt"}, "unknown engine 'tensorrt'")]:
+        torch.save({**raw, "feature_spec": {**raw["feature_spec"], **field}}, tmp_path / "spec.pt")
+        with pytest.raises(predict.ModelFileError, match=f"spec\\.pt: this 'pooled-mlp' qfm model is damaged: .*{says}.*make figures"):
+            predict.load_model(tmp_path / "spec.pt")
     with pytest.raises(predict.ModelFileError, match=r"m\.pt: the installed tf_efficientnet_lite0 weights .* differ .*make figures"):
         predict.predict_images([tmp_path / "x.png"], str(path), progress=False)
 

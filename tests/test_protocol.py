@@ -232,3 +232,11 @@ def test_worker_retirement_warning_silenced_only_while_rows_run():
             warnings.warn("another warning", UserWarning)
         warnings.warn(message, UserWarning)
     assert [str(w.message) for w in seen] == ["another warning", message]
+
+
+def test_final_matching_strength_is_the_majority_and_a_tie_goes_to_the_smaller():
+    info = {}
+    assert protocol._voted_eps([{"eps": 0.3}, {"eps": 0.15}, {"eps": 0.3}], info) == 0.3
+    assert info == {"eps_votes": {"0.15": 1, "0.3": 2}, "eps": 0.3}
+    tie = [{"eps": e} for e in (0.3, 0.15, 0.15, 0.3)]
+    assert protocol._voted_eps(tie, {}) == protocol._voted_eps(tie[::-1], {}) == 0.15

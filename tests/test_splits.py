@@ -47,3 +47,21 @@ def test_bad_arguments():
         make_splits(["a", "b", "c"], test_fraction=1.5)
     with pytest.raises(ValueError, match="in no split"):
         load_splits("livec", ["not_an_image.png"])
+
+
+def test_a_split_file_that_repeats_an_image_or_names_no_part_is_refused_by_line(tmp_path):
+    import pandas as pd
+
+    def write(rows):
+        pd.DataFrame(rows, columns=["image", "split_0"]).to_csv(tmp_path / "x.csv", index=False)
+
+    write([("a", "train"), ("b", "val"), ("c", "test"), ("b", "test")])
+    with pytest.raises(ValueError, match=r"x\.csv: line 5: image 'b' appears twice"):
+        load_splits("x", folder=tmp_path)
+    for bad, shown in [("Test", "'Test'"), ("", "''")]:
+        write([("a", "train"), ("b", "val"), ("c", bad)])
+        with pytest.raises(ValueError, match=rf"x\.csv: line 4 \(c\): split_0 is {shown}, expected train, val or test"):
+            load_splits("x", folder=tmp_path)
+    pd.DataFrame({"name": ["a"], "part": ["train"]}).to_csv(tmp_path / "x.csv", index=False)
+    with pytest.raises(ValueError, match="expected columns image, split_0"):
+        load_splits("x", folder=tmp_path)
