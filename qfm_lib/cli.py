@@ -99,7 +99,9 @@ def _unwritable_folder(path: Path) -> str | None:
     if path.exists() and not path.is_dir():
         return "it is a file"
     nearest = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
-    return None if os.access(nearest, os.W_OK) else f"{nearest} is read-only"
+    if not nearest.is_dir():
+        return f"{nearest} is a file"
+    return None if os.access(nearest, os.W_OK | os.X_OK) else f"{nearest} is read-only"
 
 
 def _unwritable(path: Path) -> str | None:
@@ -166,7 +168,7 @@ def _finetune(args) -> int:
         cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
         rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
                                           score_test=not args.validation_only, lr_grid=args.lr_grid)
-    except (ValueError, WeightsUnavailableError) as err:
+    except (ValueError, FloatingPointError, WeightsUnavailableError) as err:
         print(f"qfm finetune: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)

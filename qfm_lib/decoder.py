@@ -248,7 +248,9 @@ class TrainedDecoder:
         """The token set as this model reads it: normalised with its training statistics."""
         if tokens.channels != len(self.tokens_mean):
             raise ValueError(f"these token maps have {tokens.channels} channels per cell, this model was trained on "
-                             f"{len(self.tokens_mean)} (token maps of another backbone or other stages)")
+                             f"{len(self.tokens_mean)}: token maps of another backbone or other stages, or, for a model "
+                             f"whose learned tail has two blocks or more, maps without tail.tail_tokens' cells "
+                             f"(ProtocolInputs.tokens_for gives them)")
         tokens.mean, tokens.std = self.tokens_mean, self.tokens_std
         return tokens
 

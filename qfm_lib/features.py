@@ -442,7 +442,8 @@ def _load_entry(entry: Path, backbone: Backbone) -> dict[str, np.ndarray]:
 
     try:
         meta = json.loads((entry / "meta.json").read_text())
-    except (OSError, ValueError) as err:
+        n_images = int(meta["n_images"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise damaged(f"its meta.json cannot be read ({type(err).__name__}: {err})") from err
     if (meta.get("backbone"), meta.get("weights_sha256")) != (backbone.name, backbone.weights_sha256):
         raise damaged(f"it holds features of {meta.get('backbone')} (weights {str(meta.get('weights_sha256'))[:12]}), "
@@ -455,15 +456,18 @@ def _load_entry(entry: Path, backbone: Backbone) -> dict[str, np.ndarray]:
                 boxes.append(data["boxes"])
     out = {"features": np.concatenate(feats) if feats else np.zeros(0),
            "boxes": np.concatenate(boxes) if boxes else None}
-    if len(out["features"]) != meta["n_images"]:
-        raise damaged(f"it holds {len(out['features'])} images' features, its meta.json says {meta['n_images']}")
+    if len(out["features"]) != n_images:
+        raise damaged(f"it holds {len(out['features'])} images' features, its meta.json says {n_images}")
     if (entry / "tokens.npy").is_file():
-        out["tokens"] = np.load(entry / "tokens.npy", mmap_mode="r")
-        out["grid"] = np.load(entry / "grid.npy")
+        try:
+            out["tokens"] = np.load(entry / "tokens.npy", mmap_mode="r")
+            out["grid"] = np.load(entry / "grid.npy")
+        except (OSError, ValueError) as err:  # a truncated file
+            raise damaged(f"its token maps cannot be read ({type(err).__name__}: {err})") from err
         cells = int(out["grid"].prod(1).sum()) if out["grid"].ndim == 2 else -1
-        if len(out["grid"]) != meta["n_images"] or len(out["tokens"]) != cells:
+        if len(out["grid"]) != n_images or len(out["tokens"]) != cells:
             raise damaged(f"its token maps hold {len(out['tokens'])} cells and its grid.npy {len(out['grid'])} grids "
-                          f"of {cells} cells, for {meta['n_images']} images")
+                          f"of {cells} cells, for {n_images} images")
     return out
 
 

@@ -36,7 +36,7 @@ from .features import FeatureGraph, to_tensor, token_cells
 from .images import load_rgb
 from .metrics import iqa_metrics, selection_score
 from .tokens import TokenSet
-from .training import run_epochs
+from .training import check_training_settings, run_epochs
 
 DEFAULT_START = "window regression (EMA)"
 TEST_METRICS = ("plcc", "srcc", "krcc", "rmse")
@@ -55,11 +55,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr}, {self.weight_decay}")
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_images < 1:
-            raise ValueError(f"max_epochs, patience and batch_images must be >= 1, got "
-                             f"{self.max_epochs}, {self.patience}, {self.batch_images}")
+        check_training_settings(self)
         try:
             device = torch.device(self.device)
         except RuntimeError as err:

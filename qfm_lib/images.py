@@ -21,12 +21,16 @@ class ImageError(ValueError):
     """An image file that cannot be used, with its path in the message."""
 
 
+class _BadPixels(ValueError):
+    """Pixel values no 8-bit image can hold (the file decoded)."""
+
+
 def _to_uint8_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         bad = int((~np.isfinite(arr)).sum())
         if bad:
-            raise ValueError(f"{bad} of its {arr.size} pixels are NaN or infinite")
+            raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         if img.mode == "F" and arr.max() <= 1.0:  # floating-point images usually hold 0..1
             top = 1.0
@@ -65,6 +69,8 @@ def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
                 rgb = _to_uint8_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
+    except _BadPixels as err:
+        raise ImageError(f"{path}: {err}") from err
     except Image.DecompressionBombError as err:  # raised on opening, before the size can be read
         raise ImageError(f"{path}: exceeds {MAX_PIXELS} pixels ({err}); downscale it first") from err
     except (OSError, SyntaxError, ValueError) as err:

@@ -191,7 +191,7 @@ class TokenSet:
             (a, ra), (b, rb) = list(grids.items())[:2]
             raise ValueError(f"whole maps (window 0) of images with different token grids cannot form one batch: "
                              f"{self.names[ra]} is {a[0]}x{a[1]}, {self.names[rb]} is {b[0]}x{b[1]}; use a window "
-                             f"no larger than the smallest grid ({int(self.grid[rows].min())} cells)")
+                             f"no larger than the smallest grid ({int(self.grid[rows].min())} cells per side)")
 
     def check_window(self, rows: np.ndarray, window: int) -> None:
         """Every image in `rows` must hold at least one window; whole maps (window 0) need one grid."""

@@ -14,15 +14,14 @@ from tqdm.auto import tqdm
 def check_training_settings(cfg) -> None:
     """A clear error, naming the setting, for the optimisation settings of `cfg` (any config that has
     them) that no training can run with."""
-    for name in ("max_epochs", "patience", "batch_size", "batch_images"):
-        value = getattr(cfg, name, 1)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= 1, got {value!r}")
+    for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1)):
+        value = getattr(cfg, name, least)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")
     for name in ("lr", "weight_decay"):
         value = getattr(cfg, name, 0.0)
-        if not np.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-            raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number "
-                             f"{'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number >= 0, got {value!r}")
     if not 0 <= getattr(cfg, "dropout", 0.0) < 1:
         raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {cfg.dropout!r}")
 
@@ -77,5 +76,5 @@ def run_epochs(model: nn.Module, cfg, epoch_losses: Callable[[], Iterator[torch.
             break
     if stopper.state is None:
         raise FloatingPointError(f"no epoch of {len(history)} gave a finite validation score (last: {history[-1]}): "
-                                 f"the training diverged; try a lower lr")
+                                 f"the weights diverged (try a lower lr), or the validation labels are all equal")
     return stopper.state, stopper.best_epoch, history

@@ -125,16 +125,21 @@ def test_decoder_learns_and_is_deterministic():
 def test_gate_values_average_the_gates_of_the_evaluation_windows():
     tokens, y = _tokens(n=60)
     parts = _parts(len(y))
-    trained = fit_decoder(tokens, y, parts["train"], parts["val"], replace(FAST, max_epochs=3, patience=3))
+    cfg = replace(FAST, max_epochs=3, patience=3, eval_grid=0)  # covering windows: 4 on 6x6, 6 on 5x8, 9 on 7x7
+    trained = fit_decoder(tokens, y, parts["train"], parts["val"], cfg)
     rows = parts["test"][:4]
-    got = trained.gate_values(tokens, rows)
-    model, dtype = trained.model, table_dtype(trained.config)
+    whole = trained.model.gate_values(trained.view(tokens).windows(rows, None, None, 0, table_dtype(cfg))).detach()
+    assert np.abs(trained.gate_values(tokens, rows) - whole.numpy()).max() > 1e-4  # the gate is not linear
+    rng = np.random.default_rng(1)
+    grid = np.array([[6, 6], [5, 8], [7, 7], [6, 6]])
+    mixed = TokenSet(rng.normal(size=(int(grid.prod(1).sum()), tokens.channels)).astype(np.float16), grid)
+    rows = np.array([2, 0, 1, 3, 1])
+    got = trained.gate_values(mixed, rows)
+    model, dtype = trained.model, table_dtype(cfg)
     for i, r in enumerate(rows):
-        pos = np.array(tokens.grid_positions(r, 3, 2))
-        per_window = model.gate_values(tokens.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3, dtype))
+        pos = np.array(mixed.grid_positions(r, 3))
+        per_window = model.gate_values(mixed.windows(np.full(len(pos), r), pos[:, 0], pos[:, 1], 3, dtype))
         np.testing.assert_allclose(got[i], per_window.detach().double().mean(0).numpy(), rtol=1e-6)
-    whole = model.gate_values(tokens.windows(rows, None, None, 0, dtype)).detach().numpy()
-    assert np.abs(got - whole).max() > 1e-4  # the gate is not linear: a whole map's gate is another thing
 
 
 def test_qfm_adversarial_matching_and_eps_on_validation():
@@ -298,7 +303,7 @@ def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
     assert D.precision(FAST) == "bf16" and D.table_dtype(FAST) == torch.bfloat16
 
 
-@pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"patience": -1}, {"batch_images": 0}, {"lr": 0.0},
+@pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"patience": -1}, {"batch_images": 0}, {"lr": -1e-3},
                                  {"lr": float("nan")}, {"weight_decay": -1.0}, {"dropout": 1.0}, {"max_epochs": 2.5}])
 def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
     from qfm_lib.manifold import ManifoldConfig

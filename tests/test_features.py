@@ -129,7 +129,15 @@ def test_damaged_or_foreign_entry_is_refused_by_name(small_livec, lite0, tmp_pat
     (entry / "meta.json").write_text(json.dumps({**meta, "backbone": "tf_efficientnet_lite2"}))
     with pytest.raises(ValueError, match=f"{entry.name}: it holds features of tf_efficientnet_lite2 .*delete that folder"):
         extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    (entry / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "n_images"}))
+    with pytest.raises(ValueError, match="its meta.json cannot be read .KeyError.*delete that folder"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
     (entry / "meta.json").write_text(json.dumps(meta))
+    tokens = (entry / "tokens.npy").read_bytes()
+    (entry / "tokens.npy").write_bytes(tokens[:len(tokens) // 2])
+    with pytest.raises(ValueError, match="its token maps cannot be read .ValueError"):
+        extract_features(small_livec, FeatureSpec(), lite0, progress=False)
+    (entry / "tokens.npy").write_bytes(tokens)
     np.save(entry / "grid.npy", np.load(entry / "grid.npy")[:-1])
     with pytest.raises(ValueError, match="its token maps hold .* cells and its grid.npy 4 grids .* for 5 images"):
         extract_features(small_livec, FeatureSpec(), lite0, progress=False)

@@ -14,7 +14,8 @@ def on_data_root(data_root, monkeypatch):
     monkeypatch.setenv("QFM_DATA_ROOT", str(data_root))
 
 
-@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"max_epochs": 0}, {"patience": 0}, {"batch_images": 0}])
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"lr": float("nan")}, {"max_epochs": 0}, {"patience": -1},
+                                 {"batch_images": 0}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         FinetuneConfig(**bad)
@@ -46,7 +47,7 @@ def test_cli_rejects_a_bad_rate_in_the_grid(on_data_root, capsys):
 
     assert main(["finetune", "--splits", "0", "--n-images", str(N_IMAGES), "--device", "cpu",
                  "--lr-grid", "1e-5", "-1"]) == 2
-    assert "lr and weight_decay must be >= 0" in capsys.readouterr().err
+    assert "FinetuneConfig: lr must be a finite number >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_cli_refuses_before_training_what_it_could_not_finish(on_data_root, capsys, tmp_path, monkeypatch):
@@ -58,6 +59,8 @@ def test_cli_refuses_before_training_what_it_could_not_finish(on_data_root, caps
     base = ["finetune", "--splits", "0", "--device", "cpu"]
     assert main(base + ["--output-dir", str(tmp_path / "afile")]) == 2
     assert f"cannot write to --output-dir {tmp_path / 'afile'} (it is a file); nothing was trained" in capsys.readouterr().err
+    assert main(base + ["--output-dir", str(tmp_path / "afile" / "sub")]) == 2
+    assert f"({tmp_path / 'afile'} is a file); nothing was trained" in capsys.readouterr().err
     assert main(base + ["--n-images", "0"]) == 2
     assert "--n-images must be a whole number >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
