@@ -309,11 +309,11 @@ def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
     from qfm_lib.manifold import ManifoldConfig
     from qfm_lib.models import TrainConfig
 
-    name = next(iter(bad))
+    (name, value), = bad.items()
     for config in (DecoderConfig, TrainConfig, ManifoldConfig):
-        settings = {"batch_size" if name == "batch_images" and config is TrainConfig else name: bad[name]}
-        with pytest.raises(ValueError, match=f"{config.__name__}: {next(iter(settings))} must be"):
-            config(**settings)
+        field = "batch_size" if name == "batch_images" and config is TrainConfig else name  # TrainConfig's name
+        with pytest.raises(ValueError, match=f"{config.__name__}: {field} must be"):
+            config(**{field: value})
 
 
 def test_a_training_that_never_scores_a_finite_validation_says_so():
