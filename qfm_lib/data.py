@@ -86,9 +86,7 @@ def validate_labels(table: pd.DataFrame, source: str) -> pd.DataFrame:
     """Check a canonical label table; errors name the file and the (1-based, header=1) row. The
     table's index holds each row's 0-based position in the file after the header (a RangeIndex unless
     blank lines were dropped, as read_labels does)."""
-    for col in ("image", "mos"):
-        if col not in table:
-            raise DatasetError(f"{source}: missing column {col!r} (has {list(table.columns)})")
+    _columns(table, source, "image", "mos")
     if table.empty:
         raise DatasetError(f"{source}: no rows")
     line = (table.index.to_numpy() if pd.api.types.is_integer_dtype(table.index) else np.arange(len(table))) + 2

@@ -261,9 +261,8 @@ class TrainedDecoder:
         tokens = self.view(tokens)
         rows = np.asarray(rows)
         tokens.check_window(rows, self.config.window)
-        pos = [tokens.grid_positions(r, self.config.window, self.config.eval_grid) for r in rows]
-        owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pos)])
-        flat = np.array([q for p in pos for q in p])
+        owner, tops, lefts = tokens.owned_grid_windows(rows, self.config.window, self.config.eval_grid)
+        flat = np.stack([tops, lefts], axis=1)
         with torch.no_grad():
             if self.model.gate is None and self.model.tail is None and self.config.window > 0:
                 scores = self._scores_cells_once(tokens, rows, owner, flat, chunk // 4)
@@ -271,9 +270,8 @@ class TrainedDecoder:
                 scores = np.concatenate([self.model(tokens.windows(
                     rows[owner[i:i + chunk]], flat[i:i + chunk, 0], flat[i:i + chunk, 1], self.config.window,
                     table_dtype(self.config)))[0].numpy() for i in range(0, len(owner), chunk)])
-        out = np.full((len(rows), max(len(p) for p in pos)), np.nan)
-        slot = np.concatenate([np.arange(len(p)) for p in pos])
-        out[owner, slot] = scores
+        out = np.full((len(rows), np.bincount(owner).max()), np.nan)
+        out[owner, np.arange(len(owner)) - np.searchsorted(owner, owner)] = scores  # k-th window of its image
         return out * self.y_std + self.y_mean
 
     def _scores_cells_once(self, tokens: TokenSet, rows: np.ndarray, owner: np.ndarray, flat: np.ndarray,
@@ -304,8 +302,8 @@ class TrainedDecoder:
         rows = np.asarray(rows)
         tokens.check_window(rows, self.config.window)
         window, n = self.config.window, self.config.eval_grid
-        image, tops, lefts = tokens.grid_windows(rows, window, n)
-        owner = np.repeat(np.arange(len(rows)), [len(tokens.grid_positions(r, window, n)) for r in rows])
+        owner, tops, lefts = tokens.owned_grid_windows(rows, window, n)
+        image = rows[owner]
         with torch.no_grad():
             gates = torch.cat([self.model.gate_values(tokens.windows(
                 image[i:i + chunk], tops[i:i + chunk], lefts[i:i + chunk], window, table_dtype(self.config)))

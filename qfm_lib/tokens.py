@@ -226,6 +226,11 @@ class TokenSet:
     def grid_windows(self, rows: np.ndarray, window: int, n: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every grid window (grid_positions) of the images `rows`, image after image: their image
         rows, tops and lefts."""
+        owner, tops, lefts = self.owned_grid_windows(rows, window, n)
+        return np.asarray(rows, dtype=np.int64)[owner], tops, lefts
+
+    def owned_grid_windows(self, rows: np.ndarray, window: int, n: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """grid_windows, with each window's owner given as its image's index in `rows` (ascending)."""
         per_image = [self.grid_positions(r, window, n) for r in rows]
         tops, lefts = np.array([q for p in per_image for q in p], dtype=np.int64).reshape(-1, 2).T
-        return np.repeat(np.asarray(rows, dtype=np.int64), [len(p) for p in per_image]), tops, lefts
+        return np.repeat(np.arange(len(per_image)), [len(p) for p in per_image]), tops, lefts

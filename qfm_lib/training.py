@@ -20,9 +20,11 @@ def check_training_settings(cfg) -> None:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")
     for name in ("lr", "weight_decay"):
         value = getattr(cfg, name, 0.0)
-        if not np.isfinite(value) or value < 0:
+        numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if not numeric or not np.isfinite(value) or value < 0:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number >= 0, got {value!r}")
-    if not 0 <= getattr(cfg, "dropout", 0.0) < 1:
+    dropout = getattr(cfg, "dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) or not 0 <= dropout < 1:
         raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {cfg.dropout!r}")
 
 

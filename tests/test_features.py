@@ -174,6 +174,16 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
 
 
+def test_sixteen_bit_holding_twelve_bit_values_is_scaled_as_sixteen_with_a_warning(tmp_path):
+    from PIL import Image
+
+    from qfm_lib.images import ImageWarning
+
+    Image.fromarray(np.full((40, 40), 4000, dtype=np.uint16)).save(tmp_path / "sensor.png")
+    with pytest.warns(ImageWarning, match=r"sensor\.png: a 16-bit image whose largest value is 4000, within 12 bits"):
+        assert np.asarray(load_rgb(tmp_path / "sensor.png"))[0, 0, 0] == 16  # 4000/65535*255, not brightened
+
+
 def test_float_image_with_nan_pixels_is_refused_by_name(tmp_path):
     from PIL import Image
 
