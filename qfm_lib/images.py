@@ -1,8 +1,9 @@
 """Decoding photos into 8-bit RGB, with clear errors for files that cannot be used.
 
-Convertible modes are handled: grayscale (L, LA, I, I;16, F: floats in 0..1, or 0..255 when larger), palette (P), RGBA (alpha is
-composited on white, as a viewer would show it), CMYK, 16-bit PNG (scaled to 8 bit; one whose values all fit
-in 12 bits is scaled the same way, and comes out dark, with a warning). A photo's EXIF
+Convertible modes are handled: grayscale (L, LA, I, I;16, F: scaled to 8 bit from 0..1 for floats that
+stay within 1, else from 0..255 when every value does, else from 0..65535, which 16-bit PNGs always are; an
+integer image whose values all fit in 12 bits is scaled the same way, and comes out dark, with a warning
+once per file), palette (P), RGBA (alpha is composited on white, as a viewer would show it), CMYK. A photo's EXIF
 orientation is applied, so it is scored upright, as people see it. Corrupt, truncated, missing, tiny or
 absurdly large files raise `ImageError` naming the file.
 """
@@ -26,6 +27,9 @@ class ImageWarning(UserWarning):
     """An image that decoded, but may not look as its author meant; the message names the file."""
 
 
+_WARNED: set[str] = set()  # files already warned about (load_rgb resets Python's own once-per-place record)
+
+
 class _BadPixels(ValueError):
     """Pixel values no 8-bit image can hold (the file decoded)."""
 
@@ -37,10 +41,12 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
         if bad:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if top == 65535.0 and 255 < arr.max() < 4096:  # 10/12-bit sensor data in a 16-bit file, or a dark image
-            warnings.warn(f"{name}: a 16-bit image whose largest value is {arr.max():.0f}, within 12 bits; it is "
-                          f"scaled as 16-bit (at most {arr.max() / 65535 * 255:.0f} of 255). If it holds 10- or "
-                          "12-bit data, rescale it to the full 16 bits first", ImageWarning, stacklevel=3)
+        if top == 65535.0 and img.mode != "F" and 0 < arr.max() < 4096 and name not in _WARNED:
+            _WARNED.add(name)  # 10/12-bit sensor data in a 16-bit file, or a very dark image
+            warnings.warn(f"{name}: an integer image (mode {img.mode}) whose largest value is {arr.max():.0f}, "
+                          f"within 12 bits; it is scaled from 0..65535 (at most {arr.max() / 65535 * 255:.0f} of "
+                          "255). If it holds 10- or 12-bit data, rescale it to the full 16 bits first",
+                          ImageWarning, stacklevel=3)
         if img.mode == "F" and arr.max() <= 1.0:  # floating-point images usually hold 0..1
             top = 1.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)

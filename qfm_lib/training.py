@@ -25,7 +25,7 @@ def check_training_settings(cfg) -> None:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number >= 0, got {value!r}")
     dropout = getattr(cfg, "dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) or not 0 <= dropout < 1:
-        raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {cfg.dropout!r}")
+        raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {dropout!r}")
 
 
 class EarlyStopping:

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,9 +181,13 @@ def test_sixteen_bit_holding_twelve_bit_values_is_scaled_as_sixteen_with_a_warni
 
     from qfm_lib.images import ImageWarning
 
-    Image.fromarray(np.full((40, 40), 4000, dtype=np.uint16)).save(tmp_path / "sensor.png")
-    with pytest.warns(ImageWarning, match=r"sensor\.png: a 16-bit image whose largest value is 4000, within 12 bits"):
-        assert np.asarray(load_rgb(tmp_path / "sensor.png"))[0, 0, 0] == 16  # 4000/65535*255, not brightened
+    for name, value in (("sensor.png", 4000), ("dark.png", 200)):
+        Image.fromarray(np.full((40, 40), value, dtype=np.uint16)).save(tmp_path / name)
+        with pytest.warns(ImageWarning, match=rf"{name}: an integer image \(mode I;16\) whose largest value is {value},"):
+            assert np.asarray(load_rgb(tmp_path / name))[0, 0, 0] == round(value / 65535 * 255)  # not brightened
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_rgb(tmp_path / "sensor.png")  # once per file
 
 
 def test_float_image_with_nan_pixels_is_refused_by_name(tmp_path):
