@@ -110,11 +110,6 @@ def _running_source(name: str, loaded: Any, source: bytes) -> bytes:
     return seen[1]
 
 
-def sources_digest() -> str:
-    """A hash of every qfm_lib source file on disk: what the code of a worker process started now would be."""
-    return digest(sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in _HERE.glob("*.py")))
-
-
 @functools.lru_cache(maxsize=None)
 def _imports(module: str, source_hash: str) -> tuple[str, ...]:
     found, todo = [], list(ast.parse(_SOURCES[source_hash].decode()).body)

@@ -40,14 +40,15 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
         bad = int((~np.isfinite(arr)).sum())
         if bad:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if top == 65535.0 and img.mode != "F" and 0 < arr.max() < 4096 and name not in _WARNED:
+        peak = float(arr.max())  # one pass over what may be a 64-megapixel image
+        top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
+        if top == 65535.0 and img.mode != "F" and 0 < peak < 4096 and name not in _WARNED:
             _WARNED.add(name)  # 10/12-bit sensor data in a 16-bit file, or a very dark image
-            warnings.warn(f"{name}: an integer image (mode {img.mode}) whose largest value is {arr.max():.0f}, "
-                          f"within 12 bits; it is scaled from 0..65535 (at most {arr.max() / 65535 * 255:.0f} of "
+            warnings.warn(f"{name}: an integer image (mode {img.mode}) whose largest value is {peak:.0f}, "
+                          f"within 12 bits; it is scaled from 0..65535 (at most {peak / 65535 * 255:.0f} of "
                           "255). If it holds 10- or 12-bit data, rescale it to the full 16 bits first",
                           ImageWarning, stacklevel=3)
-        if img.mode == "F" and arr.max() <= 1.0:  # floating-point images usually hold 0..1
+        if img.mode == "F" and peak <= 1.0:  # floating-point images usually hold 0..1
             top = 1.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 import torch
 
 from .baselines import fit_ridge, fit_svr
-from .cache import atomic_write, cache_path, code_digest, digest, library_versions, sources_digest
+from .cache import atomic_write, cache_path, code_digest, digest, library_versions
 from .decoder import DecoderConfig, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
@@ -389,27 +389,23 @@ def default_jobs() -> int:
 
 @contextlib.contextmanager
 def row_workers():
-    """Around a joblib (loky) pool that computes rows. loky keeps its worker processes for 300 s between
-    pools, with the code they imported: if qfm_lib's sources changed since they started (or it is not
-    known when they did), they are shut down first, so fresh ones import the code on disk. And one loky
-    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
-    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
-    when it starts the next, a bound on the workers' memory, not a fault."""
-    from joblib.externals.loky import reusable_executor
+    """Around a joblib (loky) pool that computes rows. loky would keep its worker processes for 300 s
+    after the pool, with the code they imported; they are shut down when the block ends, so the next
+    pool's workers import the code on disk (a second or two to start them). And one loky warning is
+    silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes that for
+    a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..." when it
+    starts the next, a bound on the workers' memory, not a fault."""
+    from joblib.externals.loky import get_reusable_executor
 
-    sources = sources_digest()
-    workers = getattr(reusable_executor, "_executor", None)  # loky's one reusable pool, if started
-    if workers is not None and getattr(workers, "qfm_sources", None) != sources:
-        workers.shutdown(wait=True)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
                                     category=UserWarning)
             yield
     finally:
-        workers = getattr(reusable_executor, "_executor", None)
-        if workers is not None:  # (this pool's workers, started from the sources of `sources`)
-            workers.qfm_sources = sources
+        # loky's public way to stop its pool: the call replaces joblib's pool with a plain one, not yet
+        # started, and that is shut down at once
+        get_reusable_executor().shutdown(wait=True)
 
 
 def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool,

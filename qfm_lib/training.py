@@ -11,20 +11,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
+def _is_real_number(value) -> bool:
+    """A Python or numpy number that is not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 def check_training_settings(cfg) -> None:
     """A clear error, naming the setting, for the optimisation settings of `cfg` (any config that has
     them) that no training can run with."""
     for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1)):
         value = getattr(cfg, name, least)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        if not _is_real_number(value) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")
     for name in ("lr", "weight_decay"):
         value = getattr(cfg, name, 0.0)
-        numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-        if not numeric or not np.isfinite(value) or value < 0:
+        if not _is_real_number(value) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number >= 0, got {value!r}")
     dropout = getattr(cfg, "dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) or not 0 <= dropout < 1:
+    if not _is_real_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {dropout!r}")
 
 

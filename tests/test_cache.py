@@ -95,15 +95,15 @@ def test_a_full_autoreload_of_the_package_keeps_the_check(package_copy):
 
 
 def test_row_workers_run_the_code_on_disk(package_copy):
-    # loky keeps its workers (and the code they imported) between pools; protocol.row_workers starts
-    # fresh ones once qfm_lib's sources changed, whether or not this process reloaded anything (even
-    # protocol itself). A worker left with the old code refuses to make a key. (A pool whose job fails
-    # shuts loky's workers down by itself, so that comes last.)
+    # loky keeps its workers (and the code they imported) between pools; protocol.row_workers shuts
+    # them down when its block ends, so the next pool's workers import qfm_lib's sources as they are
+    # then, whether or not this process reloaded anything (even protocol itself). A worker of a plain
+    # pool, kept with the old code, refuses to make a key. (A pool whose job fails shuts loky's
+    # workers down by itself, so that comes last.)
     out = _run_in_copy(package_copy, """
-        import importlib, time
+        import importlib, os, time
         from pathlib import Path
         from joblib import Parallel, delayed
-        from joblib.externals.loky import reusable_executor
         from qfm_lib import images, protocol
 
         def extra():
@@ -115,6 +115,10 @@ def test_row_workers_run_the_code_on_disk(package_copy):
             from qfm_lib import cache
             return cache.code_digest("images")
 
+        def pids():
+            time.sleep(0.3)
+            return os.getpid()
+
         def pool(job):
             return Parallel(n_jobs=2, backend="loky")(delayed(job)() for _ in range(4))
 
@@ -124,13 +128,13 @@ def test_row_workers_run_the_code_on_disk(package_copy):
 
         file = Path(images.__file__)
         print("first:", row_pool(extra), row_pool(key)[0] == key())
-        workers = reusable_executor._executor
-        print("reused:", row_pool(extra), reusable_executor._executor is workers)
+        print("new workers:", not set(row_pool(pids)) & set(row_pool(pids)))
         file.write_text(file.read_text() + "EXTRA = 1\\n")
-        print("after an edit:", row_pool(extra), reusable_executor._executor is workers)
+        print("after an edit:", row_pool(extra))
         importlib.reload(protocol)
         file.write_text(file.read_text() + "EXTRA = 2\\n")
         print("protocol reloaded:", row_pool(extra))
+        print("plain pool:", pool(extra))
         file.write_text(file.read_text() + "EXTRA = 3\\n")
         try:
             pool(key)
@@ -138,9 +142,10 @@ def test_row_workers_run_the_code_on_disk(package_copy):
             print("plain pool refused:", err)
         """)
     assert "first: [None, None, None, None] True" in out
-    assert "reused: [None, None, None, None] True" in out
-    assert "after an edit: [1, 1, 1, 1] False" in out
+    assert "new workers: True" in out
+    assert "after an edit: [1, 1, 1, 1]" in out
     assert "protocol reloaded: [2, 2, 2, 2]" in out
+    assert "plain pool: [2, 2, 2, 2]" in out
     assert "plain pool refused:" in out and "this worker process imported it before the change" in out
 
 

@@ -306,7 +306,8 @@ def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
 
 @pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"patience": -1}, {"batch_images": 0}, {"lr": -1e-3},
                                  {"lr": float("nan")}, {"weight_decay": -1.0}, {"dropout": 1.0}, {"max_epochs": 2.5},
-                                 {"lr": "1e-3"}, {"dropout": "0.1"}])
+                                 {"lr": "1e-3"}, {"dropout": "0.1"}, {"max_epochs": True}, {"lr": True},
+                                 {"dropout": False}])
 def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
     from qfm_lib.manifold import ManifoldConfig
     from qfm_lib.models import TrainConfig
