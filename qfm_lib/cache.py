@@ -89,8 +89,8 @@ def _source_hash(module: str) -> str:
     _SOURCES.setdefault(ran, running)
     if ran != found and _code(path.name, ran, ()) != _code(path.name, found, ()):
         where = ("this worker process imported it before the change: run the pool inside protocol.row_workers(), "
-                 "which starts fresh workers whenever qfm_lib's sources changed, and restart the kernel if it "
-                 "imported the module too" if multiprocessing.parent_process()
+                 "which shuts its workers down when the block ends, so the next pool's workers import the code on "
+                 "disk, and restart the kernel if it imported the module too" if multiprocessing.parent_process()
                  else "restart the kernel (importlib.reload of this module alone would leave the names other "
                       "modules imported from it running the old code)")
         raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the "

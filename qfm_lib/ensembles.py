@@ -152,7 +152,7 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
              n_jobs: int | None = None) -> pd.DataFrame:
     """protocol.evaluate for a list that may hold means: the protocol computes every needed member row
     (in parallel), then the means' rows are computed (n_jobs worker processes). Rows as protocol.evaluate."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     unknown = [v for v in variants if v not in MEANS and v not in inp.variants]
     if unknown:
@@ -164,9 +164,7 @@ def evaluate(inp: protocol.ProtocolInputs, variants: list[str], n_splits: int = 
     if todo:
         print(f"means: {len(todo)} rows to compute")
         n_jobs = min(n_jobs or protocol.default_jobs(), len(todo))
-        with protocol.row_workers():
-            done = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-                delayed(evaluate_mean_row)(inp, v, s) for v, s in todo)
+        with protocol.worker_results((delayed(evaluate_mean_row)(inp, v, s) for v, s in todo), n_jobs) as done:
             for _ in tqdm(done, total=len(todo), desc="mean rows", disable=not progress):
                 pass
     return pd.DataFrame([_row(inp, name, split) for split in range(n_splits) for name in variants])

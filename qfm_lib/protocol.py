@@ -17,6 +17,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -391,10 +392,12 @@ def default_jobs() -> int:
 def row_workers():
     """Around a joblib (loky) pool that computes rows. loky would keep its worker processes for 300 s
     after the pool, with the code they imported; they are shut down when the block ends, so the next
-    pool's workers import the code on disk (a second or two to start them). And one loky warning is
-    silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes that for
-    a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..." when it
-    starts the next, a bound on the workers' memory, not a fault."""
+    pool's workers import the code on disk (each worker imports torch and qfm_lib again, a few
+    seconds). A joblib generator must be used up or closed inside the block (`worker_results` does
+    that): stopping the pool while the generator still hands out jobs deadlocks in loky. And one loky
+    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
+    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
+    when it starts the next, a bound on the workers' memory, not a fault."""
     from joblib.externals.loky import get_reusable_executor
 
     try:
@@ -408,17 +411,29 @@ def row_workers():
         get_reusable_executor().shutdown(wait=True)
 
 
+@contextlib.contextmanager
+def worker_results(calls: Iterable, n_jobs: int) -> Iterator[Iterator]:
+    """The results of `calls` (joblib.delayed calls) as they finish, from n_jobs loky workers inside
+    row_workers. Leaving the block early (an error, an interrupt) closes the results first, which
+    cancels the calls not started, and then stops the pool."""
+    from joblib import Parallel
+
+    with row_workers():
+        results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(calls)
+        with contextlib.closing(results):
+            yield results
+
+
 def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool,
                   score_test: bool = True) -> None:
     """Compute (and cache) rows in worker processes; a row that fails, or whose worker dies, is named."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     bar = tqdm(total=len(todo), desc=f"training rows ({n_jobs} workers)", disable=not progress)
     done: set[tuple[str, int]] = set()
     try:
-        with row_workers():
-            results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-                delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
+        calls = (delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
+        with worker_results(calls, n_jobs) as results:
             for name, split in results:
                 done.add((name, split))
                 bar.update(1)

@@ -2,6 +2,9 @@
 
 from dataclasses import replace
 from pathlib import Path
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -232,6 +235,25 @@ def test_worker_retirement_warning_silenced_only_while_rows_run():
             warnings.warn("another warning", UserWarning)
         warnings.warn(message, UserWarning)
     assert [str(w.message) for w in seen] == ["another warning", message]
+
+
+def test_leaving_worker_results_early_cancels_the_calls_left_and_stops_the_pool():
+    # stopping loky's pool while joblib's generator still hands out calls deadlocks (each side waits
+    # for the other); worker_results closes the generator first. In a subprocess, so a hang fails.
+    code = textwrap.dedent("""
+        import time
+        from joblib import delayed
+        from qfm_lib import protocol
+        start = time.time()
+        try:
+            with protocol.worker_results((delayed(time.sleep)(0.5) for _ in range(12)), 2) as results:
+                for _ in results:
+                    raise KeyError("stop")
+        except KeyError:
+            print(f"left after {time.time() - start:.1f} s")
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("left after"), out.stderr
 
 
 def test_final_matching_strength_is_the_majority_and_a_tie_goes_to_the_smaller():
