@@ -414,8 +414,9 @@ def row_workers():
 @contextlib.contextmanager
 def worker_results(calls: Iterable, n_jobs: int) -> Iterator[Iterator]:
     """The results of `calls` (joblib.delayed calls) as they finish, from n_jobs loky workers inside
-    row_workers. Leaving the block early (an error, an interrupt) closes the results first, which
-    cancels the calls not started, and then stops the pool."""
+    row_workers (n_jobs=1: in this process, one after another). Leaving the block early (an error, an
+    interrupt) closes the results first, which cancels the calls not started and kills the workers of
+    those still running (their rows are not written; joblib warns how many), and then stops the pool."""
     from joblib import Parallel
 
     with row_workers():

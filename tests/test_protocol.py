@@ -241,7 +241,7 @@ def test_leaving_worker_results_early_cancels_the_calls_left_and_stops_the_pool(
     # stopping loky's pool while joblib's generator still hands out calls deadlocks (each side waits
     # for the other); worker_results closes the generator first. In a subprocess, so a hang fails.
     code = textwrap.dedent("""
-        import time
+        import multiprocessing, time
         from joblib import delayed
         from qfm_lib import protocol
         start = time.time()
@@ -250,10 +250,11 @@ def test_leaving_worker_results_early_cancels_the_calls_left_and_stops_the_pool(
                 for _ in results:
                     raise KeyError("stop")
         except KeyError:
-            print(f"left after {time.time() - start:.1f} s")
+            print(f"left after {time.time() - start:.1f} s; workers left: {len(multiprocessing.active_children())}")
         """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.startswith("left after"), out.stderr
+    assert out.returncode == 0 and out.stdout.startswith("left after"), out.stderr
+    assert "workers left: 0" in out.stdout and "cancelled" in out.stderr  # joblib's warning names the calls cancelled
 
 
 def test_final_matching_strength_is_the_majority_and_a_tie_goes_to_the_smaller():
