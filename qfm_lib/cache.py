@@ -89,8 +89,8 @@ def _source_hash(module: str) -> str:
     _SOURCES.setdefault(ran, running)
     if ran != found and _code(path.name, ran, ()) != _code(path.name, found, ()):
         where = ("this worker process imported it before the change: run the pool inside protocol.row_workers(), "
-                 "which shuts its workers down when the block ends, so the next pool's workers import the code on "
-                 "disk, and restart the kernel if it imported the module too" if multiprocessing.parent_process()
+                 "which starts its workers afresh once qfm_lib's sources changed, so they import the code on disk, "
+                 "and restart the kernel if it imported the module too" if multiprocessing.parent_process()
                  else "restart the kernel (importlib.reload of this module alone would leave the names other "
                       "modules imported from it running the old code)")
         raise RuntimeError(f"{path} changed after this process imported it, so the code running is not the "
@@ -108,6 +108,11 @@ def _running_source(name: str, loaded: Any, source: bytes) -> bytes:
     if seen is None or seen[0] is not loaded.__spec__:
         seen = _FIRST_SEEN[name] = (loaded.__spec__, source)
     return seen[1]
+
+
+def sources_digest() -> str:
+    """A hash of every qfm_lib source file on disk: what the code of a worker process started now would be."""
+    return digest(sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in _HERE.glob("*.py")))
 
 
 @functools.lru_cache(maxsize=None)

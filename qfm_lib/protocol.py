@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 import torch
 
 from .baselines import fit_ridge, fit_svr
-from .cache import atomic_write, cache_path, code_digest, digest, library_versions
+from .cache import atomic_write, cache_path, code_digest, digest, library_versions, sources_digest
 from .decoder import DecoderConfig, TrainedDecoder, precision
 from .features import one_torch_thread
 from .local_manifold import fit_manifold_decoder
@@ -388,35 +388,42 @@ def default_jobs() -> int:
     return int(os.environ.get("QFM_JOBS", os.cpu_count() or 1))
 
 
+_pool_sources: str | None = None  # sources_digest() when row_workers last started loky's pool afresh
+
+
 @contextlib.contextmanager
 def row_workers():
-    """Around a joblib (loky) pool that computes rows. loky would keep its worker processes for 300 s
-    after the pool, with the code they imported; they are shut down when the block ends, so the next
-    pool's workers import the code on disk (each worker imports torch and qfm_lib again, a few
-    seconds). A joblib generator must be used up or closed inside the block (`worker_results` does
-    that): stopping the pool while the generator still hands out jobs deadlocks in loky. And one loky
-    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
-    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
-    when it starts the next, a bound on the workers' memory, not a fault."""
+    """Around a joblib (loky) pool that computes rows. loky keeps its worker processes for 300 s after
+    a pool, with the code they imported, and starting them again costs seconds (each imports torch and
+    qfm_lib). So they are kept while qfm_lib's sources on disk are unchanged; when the sources changed
+    since the last block started the pool afresh (or this module was reloaded), loky's pool is shut down
+    as the block starts, and the next workers import the code on disk. The shutdown happens only at a
+    block's start, when no joblib generator is handing out jobs (stopping the pool while one does
+    deadlocks in loky). And one loky warning is silenced: loky retires a worker whose memory grew by
+    300 MB since its first job (it takes that for a leak; row workers hold a split's token table on
+    purpose) and warns "A worker stopped ..." when it starts the next, a bound on the workers' memory,
+    not a fault."""
     from joblib.externals.loky import get_reusable_executor
 
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
-                                    category=UserWarning)
-            yield
-    finally:
-        # loky's public way to stop its pool: the call replaces joblib's pool with a plain one, not yet
-        # started, and that is shut down at once
+    global _pool_sources
+    sources = sources_digest()
+    if sources != _pool_sources:
+        # loky's public way to stop its pool: the call replaces joblib's pool (if any) with a plain one,
+        # not yet started, and that is shut down at once
         get_reusable_executor().shutdown(wait=True)
+        _pool_sources = sources
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                category=UserWarning)
+        yield
 
 
 @contextlib.contextmanager
 def worker_results(calls: Iterable, n_jobs: int) -> Iterator[Iterator]:
     """The results of `calls` (joblib.delayed calls) as they finish, from n_jobs loky workers inside
     row_workers (n_jobs=1: in this process, one after another). Leaving the block early (an error, an
-    interrupt) closes the results first, which cancels the calls not started and kills the workers of
-    those still running (their rows are not written; joblib warns how many), and then stops the pool."""
+    interrupt) closes the results, which cancels the calls not started and kills the workers of those
+    still running (their rows are not written; joblib warns how many)."""
     from joblib import Parallel
 
     with row_workers():

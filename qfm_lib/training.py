@@ -21,7 +21,7 @@ def check_training_settings(cfg) -> None:
     them) that no training can run with."""
     for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1)):
         value = getattr(cfg, name, least)
-        if not _is_real_number(value) or not isinstance(value, (int, np.integer)) or value < least:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")
     for name in ("lr", "weight_decay"):
         value = getattr(cfg, name, 0.0)
