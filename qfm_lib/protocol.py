@@ -388,34 +388,47 @@ def default_jobs() -> int:
     return int(os.environ.get("QFM_JOBS", os.cpu_count() or 1))
 
 
-_pool_sources: str | None = None  # sources_digest() when row_workers last started loky's pool afresh
+_pool_start: str | None = None  # what row_workers last started loky's pool afresh from (_pool_state)
+_open_blocks = 0  # row_workers blocks open now (an inner block leaves the pool alone)
+
+
+def _pool_state() -> str:
+    """What a worker process started now would run with: qfm_lib's sources on disk and this process's
+    environment (a worker keeps the environment it started with: QFM_CACHE_DIR, QFM_DATA_ROOT, ...)."""
+    return digest([sources_digest(), sorted(os.environ.items())])
 
 
 @contextlib.contextmanager
 def row_workers():
     """Around a joblib (loky) pool that computes rows. loky keeps its worker processes for 300 s after
-    a pool, with the code they imported, and starting them again costs seconds (each imports torch and
-    qfm_lib). So they are kept while qfm_lib's sources on disk are unchanged; when the sources changed
-    since the last block started the pool afresh (or this module was reloaded), loky's pool is shut down
-    as the block starts, and the next workers import the code on disk. The shutdown happens only at a
-    block's start, when no joblib generator is handing out jobs (stopping the pool while one does
-    deadlocks in loky). And one loky warning is silenced: loky retires a worker whose memory grew by
-    300 MB since its first job (it takes that for a leak; row workers hold a split's token table on
-    purpose) and warns "A worker stopped ..." when it starts the next, a bound on the workers' memory,
-    not a fault."""
+    a pool, with the code they imported, the environment they started with and the memory they hold
+    (a split's token table, about 1 GB on LIVEC), and starting them again costs seconds (each imports
+    torch and qfm_lib). So they are kept while qfm_lib's sources on disk and this process's environment
+    are unchanged; when either changed since the last block started the pool afresh (or this module was
+    reloaded), loky's pool is shut down as the block starts, and the next workers import the code on
+    disk with the environment of now. The shutdown happens only at a block's start, when no joblib
+    generator is handing out jobs (stopping the pool while one does deadlocks in loky; so a block inside
+    another leaves the pool alone). And one loky
+    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
+    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
+    when it starts the next, a bound on the workers' memory, not a fault."""
     from joblib.externals.loky import get_reusable_executor
 
-    global _pool_sources
-    sources = sources_digest()
-    if sources != _pool_sources:
+    global _pool_start, _open_blocks
+    state = _pool_state()
+    if state != _pool_start and not _open_blocks:
         # loky's public way to stop its pool: the call replaces joblib's pool (if any) with a plain one,
         # not yet started, and that is shut down at once
         get_reusable_executor().shutdown(wait=True)
-        _pool_sources = sources
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
-                                category=UserWarning)
-        yield
+        _pool_start = state
+    _open_blocks += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                    category=UserWarning)
+            yield
+    finally:
+        _open_blocks -= 1
 
 
 @contextlib.contextmanager
