@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -389,13 +390,14 @@ def default_jobs() -> int:
 
 
 _pool_start: str | None = None  # what row_workers last started loky's pool afresh from (_pool_state)
-_open_blocks = 0  # row_workers blocks open now (an inner block leaves the pool alone)
+_open_blocks = globals().get("_open_blocks", 0)  # row_workers blocks open now, kept through a reload
 
 
 def _pool_state() -> str:
-    """What a worker process started now would run with: qfm_lib's sources on disk and this process's
-    environment (a worker keeps the environment it started with: QFM_CACHE_DIR, QFM_DATA_ROOT, ...)."""
-    return digest([sources_digest(), sorted(os.environ.items())])
+    """What a worker process started now would run with: qfm_lib's sources on disk, and this process's
+    environment, working directory and sys.path, which a worker keeps from its start (a relative
+    QFM_CACHE_DIR or QFM_DATA_ROOT resolves against the working directory)."""
+    return digest([sources_digest(), sorted(os.environ.items()), os.getcwd(), sys.path])
 
 
 @contextlib.contextmanager
@@ -404,11 +406,11 @@ def row_workers():
     a pool, with the code they imported, the environment they started with and the memory they hold
     (a split's token table, about 1 GB on LIVEC), and starting them again costs seconds (each imports
     torch and qfm_lib). So they are kept while qfm_lib's sources on disk and this process's environment
-    are unchanged; when either changed since the last block started the pool afresh (or this module was
-    reloaded), loky's pool is shut down as the block starts, and the next workers import the code on
-    disk with the environment of now. The shutdown happens only at a block's start, when no joblib
-    generator is handing out jobs (stopping the pool while one does deadlocks in loky; so a block inside
-    another leaves the pool alone). And one loky
+    are unchanged (`_pool_state`); when either changed since the last block started the pool afresh (or
+    this module was reloaded), loky's pool is shut down as the block starts, and the next workers
+    import the code on disk with the environment of now. Stopping the pool while a joblib generator
+    still hands out jobs deadlocks in loky, so a generator must be used up or closed inside the block
+    that made it (`worker_results` does that), and a block inside another leaves the pool alone. And one loky
     warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
     that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
     when it starts the next, a bound on the workers' memory, not a fault."""
@@ -435,8 +437,8 @@ def row_workers():
 def worker_results(calls: Iterable, n_jobs: int) -> Iterator[Iterator]:
     """The results of `calls` (joblib.delayed calls) as they finish, from n_jobs loky workers inside
     row_workers (n_jobs=1: in this process, one after another). Leaving the block early (an error, an
-    interrupt) closes the results, which cancels the calls not started and kills the workers of those
-    still running (their rows are not written; joblib warns how many)."""
+    interrupt) closes the results, which cancels the calls not started and kills the pool's workers
+    (the rows of calls still running are not written; joblib warns how many calls it cancelled)."""
     from joblib import Parallel
 
     with row_workers():

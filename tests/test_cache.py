@@ -97,11 +97,12 @@ def test_a_full_autoreload_of_the_package_keeps_the_check(package_copy):
 def test_row_workers_run_the_code_on_disk(package_copy):
     # loky keeps its workers (and the code they imported, and their environment) between pools;
     # protocol.row_workers keeps them while qfm_lib's sources and the environment are unchanged and
-    # starts fresh ones once either changed, whether or not this process reloaded anything (even
-    # protocol itself). A worker of a plain pool, kept with the old code, refuses to make a key. (A
-    # pool whose job fails shuts loky's workers down by itself, so that comes last.)
+    # starts fresh ones once either changed (not in a block inside another), whether or not this
+    # process reloaded anything (even protocol itself). A worker of a plain pool, kept with the old
+    # code, refuses to make a key. (A pool whose job fails shuts loky's workers down by itself, so
+    # that comes last.)
     out = _run_in_copy(package_copy, """
-        import importlib, os, time
+        import importlib, multiprocessing, os, time
         from pathlib import Path
         from joblib import Parallel, delayed
         from qfm_lib import images, protocol
@@ -132,9 +133,12 @@ def test_row_workers_run_the_code_on_disk(package_copy):
 
         file = Path(images.__file__)
         print("first:", row_pool(extra), row_pool(key)[0] == key())
-        kept = set(row_pool(pids))
+        row_pool(pids)
+        kept = {p.pid for p in multiprocessing.active_children()}
         print("kept workers:", set(row_pool(pids)) <= kept)
-        file.write_text(file.read_text() + "EXTRA = 1\\n")
+        with protocol.row_workers():
+            file.write_text(file.read_text() + "EXTRA = 1\\n")
+            print("inner block:", row_pool(extra))
         print("after an edit:", row_pool(extra), not kept & set(row_pool(pids)))
         os.environ["QFM_TEST_MARK"] = "set"
         print("after an environment change:", row_pool(mark))
@@ -150,6 +154,7 @@ def test_row_workers_run_the_code_on_disk(package_copy):
         """)
     assert "first: [None, None, None, None] True" in out
     assert "kept workers: True" in out
+    assert "inner block: [None, None, None, None]" in out  # a block inside another leaves the pool alone
     assert "after an edit: [1, 1, 1, 1] True" in out
     assert "after an environment change: ['set', 'set', 'set', 'set']" in out
     assert "protocol reloaded: [2, 2, 2, 2]" in out

@@ -237,9 +237,10 @@ def test_worker_retirement_warning_silenced_only_while_rows_run():
     assert [str(w.message) for w in seen] == ["another warning", message]
 
 
-def test_leaving_worker_results_early_cancels_the_calls_left_and_stops_the_pool():
-    # stopping loky's pool while joblib's generator still hands out calls deadlocks (each side waits
-    # for the other); worker_results closes the generator first. In a subprocess, so a hang fails.
+def test_leaving_worker_results_early_cancels_the_calls_left_and_kills_the_workers():
+    # a generator left open while the pool is stopped, or while calls are still handed out, can
+    # deadlock in loky; worker_results closes joblib's generator, which cancels the calls left and
+    # kills the pool's workers. In a subprocess, so a hang fails.
     code = textwrap.dedent("""
         import multiprocessing, time
         from joblib import delayed
