@@ -410,10 +410,10 @@ def row_workers():
     this module was reloaded), loky's pool is shut down as the block starts, and the next workers
     import the code on disk with the environment of now. Stopping the pool while a joblib generator
     still hands out jobs deadlocks in loky, so a generator must be used up or closed inside the block
-    that made it (`worker_results` does that), and a block inside another leaves the pool alone. And one loky
-    warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job (it takes
-    that for a leak; row workers hold a split's token table on purpose) and warns "A worker stopped ..."
-    when it starts the next, a bound on the workers' memory, not a fault."""
+    that made it (`worker_results` does that), and a block inside another leaves the pool alone. And
+    one loky warning is silenced: loky retires a worker whose memory grew by 300 MB since its first job
+    (it takes that for a leak; row workers hold a split's token table on purpose) and warns "A worker
+    stopped ..." when it starts the next, a bound on the workers' memory, not a fault."""
     from joblib.externals.loky import get_reusable_executor
 
     global _pool_start, _open_blocks
