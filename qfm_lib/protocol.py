@@ -449,22 +449,26 @@ def worker_results(calls: Iterable, n_jobs: int) -> Iterator[Iterator]:
 
 def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int, progress: bool,
                   score_test: bool = True) -> None:
-    """Compute (and cache) rows in worker processes; a row that fails, or whose worker dies, is named."""
+    """Compute (and cache) rows in worker processes. When a row fails, a worker dies or the run is
+    interrupted, the error names the rows of `todo` not on disk (a row another worker finished is)."""
     from joblib import delayed
 
+    paths = {job: _row_path(inp, *job, score_test) for job in todo}  # before the run, which might change the keys
     bar = tqdm(total=len(todo), desc=f"training rows ({n_jobs} workers)", disable=not progress)
-    done: set[tuple[str, int]] = set()
     try:
         calls = (delayed(_row_job)(inp, name, split, score_test) for name, split in todo)
         with worker_results(calls, n_jobs) as results:
-            for name, split in results:
-                done.add((name, split))
+            for _ in results:
                 bar.update(1)
-    except Exception as err:
-        left = [job for job in todo if job not in done]
-        raise RuntimeError(f"computing result rows failed ({type(err).__name__}: {err}); not computed: "
-                           f"{left[:6]}{' ...' if len(left) > 6 else ''}. Rows already written stay "
-                           f"cached: rerunning resumes from them.") from err
+    except BaseException as err:
+        left = [job for job, path in paths.items() if not path.is_file()]
+        what = "was interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({type(err).__name__}: {err})"
+        message = (f"computing result rows {what}; not computed: {left[:6]}{' ...' if len(left) > 6 else ''} "
+                   f"({len(left)} of {len(todo)}). Rows already written stay cached: rerunning resumes from them.")
+        if not isinstance(err, Exception):  # an interrupt stays an interrupt
+            print(message, file=sys.stderr)
+            raise
+        raise RuntimeError(message) from err
     finally:
         bar.close()
 

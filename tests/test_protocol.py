@@ -1,6 +1,8 @@
 """The protocol runner: cached rows, keys, and model selection that never reads test labels."""
 
+import contextlib
 from dataclasses import replace
+import itertools
 from pathlib import Path
 import subprocess
 import sys
@@ -256,6 +258,35 @@ def test_leaving_worker_results_early_cancels_the_calls_left_and_kills_the_worke
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("left after"), out.stderr
     assert "workers left: 0" in out.stdout and "cancelled" in out.stderr  # joblib's warning names the calls cancelled
+
+
+def _fake_workers(stop: BaseException, computed: int):
+    """A stand-in for protocol.worker_results: computes the first `computed` calls in this process, hands
+    out one result, then raises `stop` (a worker's error, an interrupt)."""
+    @contextlib.contextmanager
+    def results(calls, n_jobs):
+        done = [f(*a, **k) for f, a, k in itertools.islice(calls, computed)]
+
+        def handed_out():
+            yield done[0]
+            raise stop
+        yield handed_out()
+    return results
+
+
+def test_a_failed_run_of_rows_names_the_rows_not_on_disk(fast_variants, tmp_path, monkeypatch, capsys):
+    inp = _inputs()
+    todo = [("ridge", 0), ("ridge", 1), ("mlp", 0)]
+    # all three rows finished (written), one was read: none is missing
+    monkeypatch.setattr(protocol, "worker_results", _fake_workers(RuntimeError("a worker died"), computed=3))
+    with pytest.raises(RuntimeError, match=r"failed \(RuntimeError: a worker died\); not computed: \[\] \(0 of 3\)"):
+        protocol._compute_rows(inp, todo, 2, progress=False)
+    # interrupted after one row: the interrupt stays one, and the two rows left are named
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "other"))
+    monkeypatch.setattr(protocol, "worker_results", _fake_workers(KeyboardInterrupt(), computed=1))
+    with pytest.raises(KeyboardInterrupt):
+        protocol._compute_rows(inp, todo, 2, progress=False)
+    assert "was interrupted; not computed: [('ridge', 1), ('mlp', 0)] (2 of 3)" in capsys.readouterr().err
 
 
 def test_final_matching_strength_is_the_majority_and_a_tie_goes_to_the_smaller():
