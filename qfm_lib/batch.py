@@ -57,6 +57,9 @@ CHECK_TAG = "parameter-checks"
 # bars inside notebooks refresh at most every 10 s, so executed copies stay small.
 KERNEL_ENV = {"TQDM_MININTERVAL": "10"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Folders named in the environment: kernels run in another working directory (their notebook's), so
+# a relative path given to the batch is made absolute from the batch's own working directory.
+PATH_VARIABLES = ("QFM_DATA_ROOT", "QFM_CACHE_DIR")
 
 
 def kernel_env(jobs: int) -> dict[str, str]:
@@ -66,6 +69,16 @@ def kernel_env(jobs: int) -> dict[str, str]:
     their workers run one thread each."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     return {**KERNEL_ENV, **({name: threads for name in THREAD_VARIABLES} if jobs > 1 else {})}
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a notebook's worker: `env` under this process's environment (a variable
+    already set wins), with PATH_VARIABLES made absolute."""
+    merged = {**env, **os.environ}
+    for name in PATH_VARIABLES:
+        if merged.get(name):
+            merged[name] = str(Path(merged[name]).expanduser().absolute())
+    return merged
 
 
 class BatchError(RuntimeError):
@@ -371,7 +384,7 @@ def _start_worker(name: str, args: tuple, env: dict[str, str], events: queue.Que
     ...), ending with (name, "exit", exit code)."""
     process = subprocess.Popen([sys.executable, "-c", "from qfm_lib.batch import _worker; _worker()",
                                 pickle.dumps(args).hex()], stdout=subprocess.PIPE, text=True,
-                               env={**env, **os.environ})  # a variable already set wins
+                               env=worker_environment(env))
 
     def forward():
         for line in process.stdout:

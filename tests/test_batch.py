@@ -162,6 +162,18 @@ def test_kernels_share_the_cores_when_notebooks_run_at_once(monkeypatch):
     assert batch.default_jobs() == 2
 
 
+def test_kernels_get_absolute_data_and_cache_folders(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QFM_DATA_ROOT", "../shared/data")
+    monkeypatch.delenv("QFM_CACHE_DIR", raising=False)
+    env = batch.worker_environment({"QFM_CACHE_DIR": "cache", "TQDM_MININTERVAL": "10"})
+    assert env["QFM_DATA_ROOT"] == str(tmp_path / "../shared/data")
+    assert env["QFM_CACHE_DIR"] == str(tmp_path / "cache")
+    assert env["TQDM_MININTERVAL"] == "10"
+    monkeypatch.setenv("TQDM_MININTERVAL", "1")  # a variable already set wins
+    assert batch.worker_environment({"TQDM_MININTERVAL": "10"})["TQDM_MININTERVAL"] == "1"
+
+
 def test_progress_lines():
     stream = io.StringIO()
     progress = batch.Progress(stream, every=0)
