@@ -238,8 +238,13 @@ def _convert_csiq(release: Path) -> pd.DataFrame:
             level = int(r["dst_lev"])
         except (TypeError, ValueError):
             raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
+        try:
+            dmos, dmos_std = float(r["dmos"]), float(r["dmos_std"])
+        except (TypeError, ValueError):
+            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: dmos {r['dmos']!r} or dmos_std {r['dmos_std']!r} "
+                               f"is not a number") from None
         rows.append({"image": f"{folder}/{ref}.{tag}.{level}.png", "ref": ref, "dist_type": folder,
-                     "dist_level": level, "mos": float(r["dmos"]), "mos_std": float(r["dmos_std"])})
+                     "dist_level": level, "mos": dmos, "mos_std": dmos_std})
     table = pd.DataFrame(rows)
     table["mos"] = _flip(table["mos"], DATASETS["csiq"])
     return table
@@ -326,7 +331,8 @@ def _convert_spaq(release: Path) -> pd.DataFrame:
 
 def _convert_livefb(release: Path) -> pd.DataFrame:
     """LIVE-FB (FLIVE, PaQ-2-PiQ release): labels_image.csv (name_image, mos_image) and database/."""
-    csv = pd.read_csv(_require(release / "labels_image.csv", "labels_image.csv"))
+    csv = _columns(pd.read_csv(_require(release / "labels_image.csv", "labels_image.csv")), "labels_image.csv",
+                   "name_image", "mos_image")
     return pd.DataFrame({"image": csv["name_image"], "mos": csv["mos_image"]})
 
 

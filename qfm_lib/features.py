@@ -497,7 +497,8 @@ def _exclusive(entry: Path):
 
 
 def content_hashes(table: pd.DataFrame) -> list[str]:
-    """The sha256 column when the table has one (verified at load), else hash each file."""
+    """The sha256 column when the table has one (checked against the files by load_dataset(verify=True)),
+    else hash each file."""
     if "sha256" in table and table["sha256"].notna().all():
         return list(table["sha256"])
     hashes = []

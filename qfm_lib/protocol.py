@@ -386,7 +386,10 @@ def trained_model(inp: ProtocolInputs, name: str, split: int) -> TrainedDecoder 
 
 def default_jobs() -> int:
     """Worker processes for evaluate: $QFM_JOBS, else the machine's cores."""
-    return int(os.environ.get("QFM_JOBS", os.cpu_count() or 1))
+    value = os.environ.get("QFM_JOBS", str(os.cpu_count() or 1))
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"QFM_JOBS must be a whole number of worker processes, at least 1; got {value!r}")
+    return int(value)
 
 
 _pool_start: str | None = None  # what row_workers last started loky's pool afresh from (_pool_state)
@@ -461,16 +464,34 @@ def _compute_rows(inp: ProtocolInputs, todo: list[tuple[str, int]], n_jobs: int,
             for _ in results:
                 bar.update(1)
     except BaseException as err:
-        left = [job for job, path in paths.items() if not path.is_file()]
         what = "was interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({type(err).__name__}: {err})"
-        message = (f"computing result rows {what}; not computed: {left[:6]}{' ...' if len(left) > 6 else ''} "
-                   f"({len(left)} of {len(todo)}). Rows already written stay cached: rerunning resumes from them.")
+        message = f"computing result rows {what}; {_rows_left(paths)}"
         if not isinstance(err, Exception):  # an interrupt stays an interrupt
             print(message, file=sys.stderr)
             raise
         raise RuntimeError(message) from err
     finally:
         bar.close()
+
+
+def _compute_rows_here(inp: ProtocolInputs, todo: list[tuple[str, int]], progress: bool,
+                       score_test: bool = True) -> None:
+    """Compute (and cache) rows in this process, one after another. An error or interrupt keeps its
+    type; a note added to it names the row it came from and the rows of `todo` not on disk."""
+    paths = {job: _row_path(inp, *job, score_test) for job in todo}
+    for name, split in tqdm(todo, desc="training rows", disable=not progress):
+        try:
+            evaluate_row(inp, name, split, score_test)
+        except BaseException as err:
+            err.add_note(f"while computing the row {(name, split)!r}; {_rows_left(paths)}")
+            raise
+
+
+def _rows_left(paths: dict[tuple[str, int], Path]) -> str:
+    """Which of the rows whose cache files are `paths` are not on disk, for an error message."""
+    left = [job for job, path in paths.items() if not path.is_file()]
+    return (f"not computed: {left[:6]}{' ...' if len(left) > 6 else ''} ({len(left)} of {len(paths)}). "
+            f"Rows already written stay cached: rerunning resumes from them.")
 
 
 def _row_job(inp: ProtocolInputs, name: str, split: int, score_test: bool = True) -> tuple[str, int]:
@@ -490,25 +511,31 @@ def evaluate(inp: ProtocolInputs, variants: list[str], n_splits: int = 10, progr
 def _compute_missing(inp: ProtocolInputs, jobs: list[tuple[str, int]], n_jobs: int | None, progress: bool,
                      what: str, score_test: bool = True) -> None:
     """Compute the rows of `jobs` that are not cached, in n_jobs worker processes (default:
-    default_jobs()); rows another variant reuses settings from (eps_from) go first."""
+    default_jobs()). The rows another variant takes its matching strength from (eps_from) go first,
+    asked for or not, as `_fit` reads them (test part scored): so no two workers train one of them
+    at once, and no row's fit_seconds include another's training."""
     missing = [j for j in jobs if not _row_path(inp, *j, score_test).is_file()]
-    print(f"{what}: {len(jobs)} rows, {len(jobs) - len(missing)} cached, {len(missing)} to compute")
-    n_jobs = min(n_jobs or default_jobs(), max(len(missing), 1))
-    first = sorted({(inp.variant(n).eps_from, s) for n, s in missing if inp.variant(n).eps_from} & set(missing))
-    for batch in (first, [j for j in missing if j not in first]):
+    sources = {(inp.variant(n).eps_from, s) for n, s in missing if inp.variant(n).eps_from}
+    first = sorted(j for j in sources if not _row_path(inp, *j).is_file())
+    extra = len(set(first) - set(missing) if score_test else first)
+    print(f"{what}: {len(jobs)} rows, {len(jobs) - len(missing)} cached, {len(missing)} to compute"
+          + (f" (and {extra} they take their matching strength from)" if extra else ""))
+    n_jobs = min(n_jobs or default_jobs(), max(len(missing) + extra, 1))
+    for batch, scored in ((first, True), (missing, score_test)):
+        batch = [j for j in batch if not _row_path(inp, *j, scored).is_file()]  # the second: first's rows done
         if batch and n_jobs > 1:
-            _compute_rows(inp, batch, n_jobs, progress, score_test)
-        else:
-            for name, split in tqdm(batch, desc="training rows", disable=not progress or not batch):
-                evaluate_row(inp, name, split, score_test)
+            _compute_rows(inp, batch, n_jobs, progress, scored)
+        elif batch:
+            _compute_rows_here(inp, batch, progress, scored)
 
 
 def tune(inp: ProtocolInputs, grid: dict | None = None, splits=TUNING_SPLITS, variant: str = TUNING_VARIANT,
          progress: bool = True, n_jobs: int | None = None) -> pd.DataFrame:
     """The settings search: `variant` with every combination of `grid` (default TUNING_GRID; keys are
     DecoderConfig fields) on `splits`, scored on their validation parts only (rows cached; no test part
-    is scored). One row per setting x split: the settings' columns, val_score/val_plcc/val_srcc, the
-    kept epoch and the seconds."""
+    is scored, but that of the protocol row a variant with eps_from takes its matching strength from).
+    One row per setting x split: the settings' columns, val_score/val_plcc/val_srcc, the kept epoch
+    and the seconds."""
     grid = dict(TUNING_GRID if grid is None else grid)
     base = inp.variant(variant)
     if base.kind not in TOKEN_KINDS:
@@ -566,6 +593,9 @@ def fit_final(inp: ProtocolInputs, name: str, results: pd.DataFrame):
     if v.kind not in FINAL_KINDS:
         raise ValueError(f"{name!r} ({v.kind}) cannot be a final model; kinds that can: {sorted(FINAL_KINDS)}")
     splits = sorted(results.loc[results.variant == name, "split"])
+    if not splits:
+        raise ValueError(f"the results table has no rows of {name!r}, so its final model has no epochs to "
+                         f"take: evaluate it first (variants in the table: {sorted(results.variant.unique())})")
     path = cache_path("models", {"final": name, "rows": [row_key(inp, name, s) for s in splits]}, ".pt")
     if v.kind in TOKEN_KINDS and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -605,6 +635,9 @@ def summarise(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Median and IQR over splits per variant, and a paired Wilcoxon test of SRCC/PLCC vs baseline."""
     from .stats import wilcoxon_p
 
+    if baseline not in set(results.variant):
+        raise ValueError(f"baseline {baseline!r} has no rows in the results table; its variants: "
+                         f"{list(results.variant.unique())}")
     out = []
     base = results[results.variant == baseline].set_index("split")
     for variant, group in results.groupby("variant", sort=False):

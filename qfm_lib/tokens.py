@@ -80,8 +80,9 @@ class TokenSet:
         return len(self.grid)
 
     def _image_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N, C) float64 channel mean and sum of squared deviations of each image's cells, read once,
-        so that normalising on any split's training images is a pooling over rows."""
+        """(N, C) channel mean and sum of squared deviations of each image's cells (summed in float32,
+        kept as float64), read once, so that normalising on any split's training images is a pooling
+        over rows."""
         if self._stats is None:
             means, m2 = np.empty((2, len(self), self.channels))
             for r in range(len(self)):
@@ -160,9 +161,9 @@ class TokenSet:
                 for a, b in spans]  # np.array: a writable copy of the (memory-mapped) slice for torch
 
     def window_means(self, rows: np.ndarray, tops: np.ndarray, lefts: np.ndarray, window: int) -> np.ndarray:
-        """(len(rows), C) float64 mean normalised token of each window, exact: the mean of its raw cells
-        from one integral image per image (window_average), then normalised (an affine map, so it
-        commutes with the mean)."""
+        """(len(rows), C) float64 mean normalised token of each window: the mean of its raw cells from
+        one integral image per image (window_average; window 0: the whole image, from _image_stats'
+        float32 sums), then normalised (an affine map, so it commutes with the mean)."""
         rows = np.asarray(rows)
         if window <= 0:
             sums = self._image_stats()[0][rows]

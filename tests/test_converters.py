@@ -170,3 +170,23 @@ def test_a_label_file_without_its_columns_is_named(tmp_path):
     pd.read_csv(csv).rename(columns={"MOS": "mos"}).to_csv(csv, index=False)
     with pytest.raises(DatasetError, match="koniq10k_scores_and_distributions.csv: no column 'MOS'; its columns are"):
         convert_release("koniq10k", tmp_path / "rel", tmp_path / "out")
+
+
+def test_a_livefb_label_file_without_its_columns_is_named(tmp_path):
+    build_livefb(tmp_path / "rel")
+    csv = tmp_path / "rel" / "labels_image.csv"
+    pd.read_csv(csv).rename(columns={"mos_image": "mos"}).to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match="labels_image.csv: no column 'mos_image'; its columns are"):
+        convert_release("livefb", tmp_path / "rel", tmp_path / "out")
+
+
+def test_a_csiq_score_that_is_not_a_number_is_named_by_row(tmp_path):
+    build_csiq(tmp_path / "rel")
+    book = tmp_path / "rel" / "csiq.DMOS.xlsx"
+    frame = pd.read_excel(book, sheet_name="all_by_image")
+    frame["dmos"] = frame["dmos"].astype(object)
+    frame.loc[1, "dmos"] = "about 0.4"
+    with pd.ExcelWriter(book) as xl:
+        frame.to_excel(xl, sheet_name="all_by_image", index=False)
+    with pytest.raises(DatasetError, match="csiq.DMOS.xlsx row 3: dmos 'about 0.4' or dmos_std 0.05 is not a number"):
+        convert_release("csiq", tmp_path / "rel", tmp_path / "out")

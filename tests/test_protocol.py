@@ -289,6 +289,64 @@ def test_a_failed_run_of_rows_names_the_rows_not_on_disk(fast_variants, tmp_path
     assert "was interrupted; not computed: [('ridge', 1), ('mlp', 0)] (2 of 3)" in capsys.readouterr().err
 
 
+def test_rows_computed_in_this_process_name_the_failing_row_and_the_rows_not_on_disk(fast_variants, tmp_path,
+                                                                                        monkeypatch):
+    inp = _inputs()
+    todo = [("ridge", 0), ("ridge", 1), ("mlp", 0)]
+    evaluate_row = protocol.evaluate_row
+
+    def fails_on_second_ridge(inp, name, split, score_test=True):
+        if (name, split) == ("ridge", 1):
+            raise ValueError("bad row")
+        return evaluate_row(inp, name, split, score_test)
+
+    monkeypatch.setattr(protocol, "evaluate_row", fails_on_second_ridge)
+    with pytest.raises(ValueError, match="bad row") as caught:  # the error keeps its type
+        protocol._compute_missing(inp, todo, 1, progress=False, what="result rows")
+    assert caught.value.__notes__ == ["while computing the row ('ridge', 1); not computed: [('ridge', 1), ('mlp', 0)] "
+                                      "(2 of 3). Rows already written stay cached: rerunning resumes from them."]
+    # an interrupt stays one, with the same note
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "other"))
+    monkeypatch.setattr(protocol, "evaluate_row", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        protocol._compute_missing(inp, todo, 1, progress=False, what="result rows")
+    assert "while computing the row ('ridge', 0); not computed: [('ridge', 0), ('ridge', 1), ('mlp', 0)] (3 of 3)" \
+        in caught.value.__notes__[0]
+
+
+def test_a_row_another_takes_its_matching_strength_from_goes_first_even_when_not_asked_for(fast_variants, tmp_path,
+                                                                                                    monkeypatch):
+    inp = _inputs()
+    batches = []
+    compute = protocol._compute_rows_here
+    monkeypatch.setattr(protocol, "_compute_rows_here",
+                        lambda inp, todo, progress, score_test=True: (batches.append((todo, score_test)),
+                                                                      compute(inp, todo, progress, score_test)))
+    protocol.evaluate(inp, ["gated+matching+contrastive"], n_splits=1, progress=False, n_jobs=1)
+    assert batches == [([("gated+matching", 0)], True), ([("gated+matching+contrastive", 0)], True)]
+    # a settings search (validation only) still reads that row with its test part scored, as _fit does
+    batches.clear()
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path / "other"))
+    protocol._compute_missing(inp, [("gated+matching+contrastive", 0)], 1, False, "search", score_test=False)
+    assert batches == [([("gated+matching", 0)], True), ([("gated+matching+contrastive", 0)], False)]
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", ""])
+def test_bad_qfm_jobs_is_named(monkeypatch, value):
+    monkeypatch.setenv("QFM_JOBS", value)
+    with pytest.raises(ValueError, match=f"QFM_JOBS must be a whole number .* got {value!r}"):
+        protocol.default_jobs()
+
+
+def test_summary_and_final_model_name_a_variant_without_rows(fast_variants):
+    results = pd.DataFrame([{"variant": "ridge", "split": 0, "plcc": 0.8, "srcc": 0.8, "krcc": 0.6, "rmse": 1.0,
+                             "settings": {}}])
+    with pytest.raises(ValueError, match="baseline 'rdige' has no rows in the results table; its variants: \\['ridge'\\]"):
+        protocol.summarise(results, "rdige")
+    with pytest.raises(ValueError, match="the results table has no rows of 'mlp'"):
+        protocol.fit_final(_inputs(), "mlp", results)
+
+
 def test_final_matching_strength_is_the_majority_and_a_tie_goes_to_the_smaller():
     info = {}
     assert protocol._voted_eps([{"eps": 0.3}, {"eps": 0.15}, {"eps": 0.3}], info) == 0.3
