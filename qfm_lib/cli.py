@@ -108,8 +108,12 @@ def _unwritable(path: Path) -> str | None:
     """Why `path` cannot be written, or None: an existing writable file, or a new file in a writable folder."""
     if path.is_dir():
         return "it is a folder; give a file name, e.g. scores.csv"
-    folder = path if path.exists() else path.parent
-    return None if os.access(folder, os.W_OK) else "its folder is missing or read-only"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "it is read-only"
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"its folder {folder} is read-only"
 
 
 def _compare(args) -> int:
@@ -117,6 +121,9 @@ def _compare(args) -> int:
 
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         print(f"qfm compare: --tolerance must be a finite number >= 0, got {args.tolerance}", file=sys.stderr)
+        return 2
+    if args.output and (problem := _unwritable(Path(args.output))):
+        print(f"qfm compare: cannot write {args.output} ({problem}); nothing was compared", file=sys.stderr)
         return 2
     tables = args.tables or TABLES_DIR
     try:

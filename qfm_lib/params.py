@@ -148,7 +148,7 @@ def check_splits(dataset: str, n_splits: int, **indices: int) -> None:
     path = split_file(dataset)
     limit = min(n_splits, available)
     problems = [f"n_splits {n_splits} exceeds the {available} splits committed in {path}"] if n_splits > available else []
-    problems += [f"{k} {v} must be < n_splits {limit}" for k, v in indices.items() if v >= limit]
+    problems += [f"{k} {v} must be < {limit}, the number of splits run" for k, v in indices.items() if v >= limit]
     if problems:
         raise ParameterError("bad notebook parameters:\n  - " + "\n  - ".join(problems))
 

@@ -301,6 +301,10 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: run `make figures` (notebook 06 trains and saves the "
                                 f"final model there) or pass --model FILE")
+    try:
+        path.open("rb").close()
+    except OSError as err:
+        raise ModelFileError(f"{path} cannot be read ({err.strerror})") from err
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a qfm model file: it is not a PyTorch checkpoint "
                              f"(the zip archive torch.save writes), or one cut short (damaged or truncated)")

@@ -29,6 +29,8 @@ COLUMNS = ["table", "column", "n", "max_diff", "at", "note"]
 def git_tables(rev: str, dest: Path, folder: str = "figures/tables", repo: Path | None = None) -> Path:
     """Extract the tables of `folder` as committed at `rev` under `dest`; returns their folder."""
     repo = Path(repo or PROJECT_ROOT)
+    if rev.startswith("-"):
+        raise ValueError(f"{rev!r} is no git revision (git would read it as an option)")
     try:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, folder], check=True,
                                  capture_output=True).stdout
@@ -91,7 +93,10 @@ def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.Da
             out.append(_row(name, col, len(a), note=f"text differs in {differs} rows" if differs else ""))
             continue
         x, y = a[col].to_numpy(float), b[col].to_numpy(float)
-        diff = np.abs(x - y) / np.maximum(1.0, np.abs(x))
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(x - y) / np.maximum(1.0, np.abs(x))
+        diff[x == y] = 0.0  # equal infinities too
+        diff[np.isinf(x) != np.isinf(y)] = np.inf  # an infinity against a number (or NaN) is no match
         nan_mismatch = int((np.isnan(x) != np.isnan(y)).sum())
         compared = ~np.isnan(diff)
         worst = int(np.argmax(np.where(compared, diff, -1.0)))
@@ -132,7 +137,7 @@ def _read_table(path: Path) -> pd.DataFrame | str:
     the comparison of the others."""
     try:
         return pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         return f"cannot read {path} ({type(err).__name__}: {str(err).strip()[:120]})"
 
 

@@ -3,6 +3,7 @@ a disk cache for a notebook's slow analysis steps."""
 from __future__ import annotations
 
 import inspect
+import marshal
 import pickle
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -81,8 +82,11 @@ def cached(kind: str, key: dict, compute: Callable[[], T], extra: bytes = b"") -
     features, split and seed."""
     try:
         source = inspect.getsource(compute)
-    except (OSError, TypeError):  # no source to read: the compiled code stands for it
-        source = compute.__code__.co_code.hex()
+    except (OSError, TypeError):  # no source to read: the code object (with its constants) stands for it
+        if not hasattr(compute, "__code__"):
+            raise TypeError(f"cached: compute must be a function, got {type(compute).__name__} {compute!r}; "
+                            f"wrap it, e.g. lambda: compute()") from None
+        source = marshal.dumps(compute.__code__).hex()
     path = cache_path(kind, {"key": key, "source": source}, ".pkl", extra)
     if path.is_file():
         with open(path, "rb") as fh:

@@ -72,7 +72,7 @@ def test_params_that_name_datasets_backbones_folders_settings_and_splits(tmp_pat
     P.check_splits("livec", 10, curve_split=9)
     with pytest.raises(P.ParameterError, match=r"n_splits 11 exceeds the 10 splits committed in .*livec.csv"):
         P.check_splits("livec", 11)
-    with pytest.raises(P.ParameterError, match="curve_split 3 must be < n_splits 3"):
+    with pytest.raises(P.ParameterError, match="curve_split 3 must be < 3, the number of splits run"):
         P.check_splits("livec", 3, curve_split=3)
     with pytest.raises(P.ParameterError, match="no committed split file"):
         P.check_splits("koniq10k", 1)

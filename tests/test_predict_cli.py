@@ -82,6 +82,17 @@ def test_old_format_and_unknown_kind_say_how_to_rebuild(tmp_path):
         predict.load_model(truncated)
 
 
+def test_an_unreadable_model_file_is_named_as_such(tmp_path, monkeypatch):
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(predict.Path, "open", denied)
+    with pytest.raises(predict.ModelFileError, match=r"m\.pt cannot be read \(Permission denied\)"):
+        predict.load_model(model)
+
+
 def test_model_file_loads_with_weights_only_and_is_world_readable(tmp_path):
     trained, x = _trained(12)
     path = predict.save_model(trained, tmp_path / "models" / "m.pt", "tf_efficientnet_lite0", "abc",

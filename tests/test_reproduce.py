@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from qfm_lib.cli import main
-from qfm_lib.reproduce import compare_table, compare_tables, compare_with_git, git_tables, report
+from qfm_lib.reproduce import _read_table, compare_table, compare_tables, compare_with_git, git_tables, report
 
 
 def _results() -> pd.DataFrame:
@@ -68,6 +68,17 @@ def test_rows_that_cannot_be_matched_and_missing_tables(tmp_path):
         compare_tables(tmp_path / "nowhere", tmp_path / "new")
 
 
+def test_infinities_agree_only_with_themselves(tmp_path):
+    ref, new = _results(), _results()
+    ref["t"], new["t"] = np.inf, np.inf  # e.g. a paired t statistic of identical differences
+    assert compare_table(ref, new).set_index("column").loc["t", "max_diff"] == 0
+    new.loc[1, "t"] = 0.3
+    row = compare_table(ref, new).set_index("column").loc["t"]
+    assert row["max_diff"] == np.inf and row["n"] == len(ref)
+    assert not report(compare_table(ref, new), 1.0)[1]
+    assert _read_table(tmp_path).startswith(f"cannot read {tmp_path} (IsADirectoryError")  # an OSError
+
+
 def test_git_tables_and_the_cli(tmp_path, capsys):
     repo = tmp_path / "repo"
     (repo / "figures" / "tables").mkdir(parents=True)
@@ -80,6 +91,8 @@ def test_git_tables_and_the_cli(tmp_path, capsys):
     assert pd.read_csv(committed / "a.csv").equals(pd.read_csv(repo / "figures" / "tables" / "a.csv"))
     with pytest.raises(ValueError, match="git archive nope"):
         git_tables("nope", tmp_path / "x", repo=repo)
+    with pytest.raises(ValueError, match="'--output=x' is no git revision"):
+        git_tables("--output=x", tmp_path / "x", repo=repo)
     assert compare_with_git("HEAD", repo / "figures" / "tables", repo=repo)[2]
 
     changed = _results()
@@ -92,6 +105,10 @@ def test_git_tables_and_the_cli(tmp_path, capsys):
     assert main(args) == 1
     assert "1 beyond 0.001" in capsys.readouterr().out
     assert main(["compare", "--reference", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    assert main(args + ["-o", str(tmp_path / "absent" / "all.csv")]) == 2  # checked before comparing
+    err = capsys.readouterr().err
+    assert f"its folder {tmp_path / 'absent'} does not exist); nothing was compared" in err
 
 
 def test_the_full_batch_ends_with_the_comparison(monkeypatch):

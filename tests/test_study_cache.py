@@ -28,6 +28,18 @@ def test_cached_computes_once_per_key_and_content(tmp_path, monkeypatch):
     assert not list((tmp_path / "demo").glob(".*.tmp"))  # written atomically, no temp file left
 
 
+def test_functions_without_source_are_keyed_by_their_code(tmp_path, monkeypatch):
+    import functools
+
+    import pytest
+
+    monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path))
+    tenth, fifth = (eval(f"lambda: {v}") for v in ("0.1", "0.2"))  # no source file to read
+    assert cached("demo", {}, tenth) == 0.1 and cached("demo", {}, fifth) == 0.2
+    with pytest.raises(TypeError, match="compute must be a function, got partial"):
+        cached("demo", {}, functools.partial(float, "1"))
+
+
 def test_single_thread_limits_blas_and_torch():
     code = ("import torch; from threadpoolctl import threadpool_info; from qfm_lib.study import single_thread; "
             "single_thread(); print(torch.get_num_threads(), sorted({p['num_threads'] for p in threadpool_info()}))")
