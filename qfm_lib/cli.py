@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if not found and Path(path).is_dir():
             print(f"qfm predict: no image files in the folder {path}", file=sys.stderr)
         files += found
+    if not files:  # only empty folders: said before the model and backbone load
+        return _nothing_to_score(args.paths)
     try:
         scores = predict_images(files, args.model or DEFAULT_MODEL, max_side=max_side,
                                 progress=not args.no_progress)
@@ -84,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qfm predict: {err}", file=sys.stderr)
         return 2
     if scores.empty:
-        print(f"qfm predict: no image files in {' '.join(args.paths)} (a folder is searched for the suffixes "
-              f"Pillow reads, e.g. .jpg .png .bmp .tif .webp); nothing was scored", file=sys.stderr)
-        return 2
+        return _nothing_to_score(args.paths)
     scores.to_csv(sys.stdout if args.output == "-" else args.output, index=False)
     failed = int((scores["error"] != "").sum())
     if failed:
         print(f"qfm predict: {failed} of {len(scores)} images failed (see the error column)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _nothing_to_score(paths: list[str]) -> int:
+    print(f"qfm predict: no image files in {' '.join(paths)} (a folder is searched for the suffixes "
+          f"Pillow reads, e.g. .jpg .png .bmp .tif .webp); nothing was scored", file=sys.stderr)
+    return 2
 
 
 def _unwritable_folder(path: Path) -> str | None:

@@ -190,7 +190,9 @@ def test_any_failure_is_one_images_error_and_bad_runs_stop_before_scoring(tmp_pa
     (empty / "notes.txt").write_text("not an image")
     assert cli_main(["predict", str(empty), "--model", model, "--no-progress"]) == 2
     assert "no image files in" in capsys.readouterr().err
-    monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("scored although the output cannot be written"))
+    monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("loaded the model although nothing can be scored or written"))
+    assert cli_main(["predict", str(empty), "--model", str(tmp_path / "absent.pt"), "--no-progress"]) == 2
+    assert "nothing was scored" in capsys.readouterr().err  # not the missing model
     assert cli_main(["predict", str(folder), "--model", model, "-o", str(tmp_path / "absent" / "s.csv")]) == 2
     assert "cannot write" in capsys.readouterr().err
     assert cli_main(["predict", str(folder), "--model", model, "-o", str(empty)]) == 2
