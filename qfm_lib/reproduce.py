@@ -96,7 +96,7 @@ def compare_table(ref: pd.DataFrame, new: pd.DataFrame, name: str = "") -> pd.Da
         with np.errstate(invalid="ignore"):
             diff = np.abs(x - y) / np.maximum(1.0, np.abs(x))
         diff[x == y] = 0.0  # equal infinities too
-        diff[np.isinf(x) != np.isinf(y)] = np.inf  # an infinity against a number (or NaN) is no match
+        diff[(np.isinf(x) | np.isinf(y)) & (x != y)] = np.inf  # an infinity against anything else: no match
         nan_mismatch = int((np.isnan(x) != np.isnan(y)).sum())
         compared = ~np.isnan(diff)
         worst = int(np.argmax(np.where(compared, diff, -1.0)))

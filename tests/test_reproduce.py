@@ -76,6 +76,8 @@ def test_infinities_agree_only_with_themselves(tmp_path):
     row = compare_table(ref, new).set_index("column").loc["t"]
     assert row["max_diff"] == np.inf and row["n"] == len(ref)
     assert not report(compare_table(ref, new), 1.0)[1]
+    new.loc[1, "t"] = -np.inf
+    assert compare_table(ref, new).set_index("column").loc["t", "max_diff"] == np.inf
     assert _read_table(tmp_path).startswith(f"cannot read {tmp_path} (IsADirectoryError")  # an OSError
 
 
