@@ -164,20 +164,16 @@ def test_a_malformed_tid2013_release_is_named_by_file_and_line(tmp_path, lines, 
         convert_release("tid2013", tmp_path / "rel", tmp_path / "out")
 
 
-def test_a_label_file_without_its_columns_is_named(tmp_path):
-    build_koniq10k(tmp_path / "rel")
-    csv = tmp_path / "rel" / "koniq10k_scores_and_distributions.csv"
-    pd.read_csv(csv).rename(columns={"MOS": "mos"}).to_csv(csv, index=False)
-    with pytest.raises(DatasetError, match="koniq10k_scores_and_distributions.csv: no column 'MOS'; its columns are"):
-        convert_release("koniq10k", tmp_path / "rel", tmp_path / "out")
-
-
-def test_a_livefb_label_file_without_its_columns_is_named(tmp_path):
-    build_livefb(tmp_path / "rel")
-    csv = tmp_path / "rel" / "labels_image.csv"
-    pd.read_csv(csv).rename(columns={"mos_image": "mos"}).to_csv(csv, index=False)
-    with pytest.raises(DatasetError, match="labels_image.csv: no column 'mos_image'; its columns are"):
-        convert_release("livefb", tmp_path / "rel", tmp_path / "out")
+@pytest.mark.parametrize("name, label_file, column", [
+    ("koniq10k", "koniq10k_scores_and_distributions.csv", "MOS"),
+    ("livefb", "labels_image.csv", "mos_image"),
+])
+def test_a_label_file_without_its_columns_is_named(tmp_path, name, label_file, column):
+    BUILDERS[name](tmp_path / "rel")
+    csv = tmp_path / "rel" / label_file
+    pd.read_csv(csv).rename(columns={column: "mos"}).to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match=f"{label_file}: no column '{column}'; its columns are"):
+        convert_release(name, tmp_path / "rel", tmp_path / "out")
 
 
 def test_a_csiq_score_that_is_not_a_number_is_named_by_row(tmp_path):
