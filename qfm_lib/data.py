@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -82,14 +82,15 @@ def dataset_dir(name: str, root: str | Path | None = None) -> Path:
     return folder
 
 
-def validate_labels(table: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check a canonical label table; errors name the file and the (1-based, header=1) row. The
-    table's index holds each row's 0-based position in the file after the header (a RangeIndex unless
-    blank lines were dropped, as read_labels does)."""
+def validate_labels(table: pd.DataFrame, source: str, first_row: int = 2) -> pd.DataFrame:
+    """Check a canonical label table; errors name the file and the row. The table's index holds each
+    row's 0-based position among the file's entries (a RangeIndex unless blank lines were dropped, as
+    read_labels does), and `first_row` is the number the file gives its first entry: 2 in a CSV with a
+    header line, 1 in a text file without one or in a .mat vector."""
     _columns(table, source, "image", "mos")
     if table.empty:
         raise DatasetError(f"{source}: no rows")
-    line = (table.index.to_numpy() if pd.api.types.is_integer_dtype(table.index) else np.arange(len(table))) + 2
+    line = (table.index.to_numpy() if pd.api.types.is_integer_dtype(table.index) else np.arange(len(table))) + first_row
     empty = table["image"].isna() | (table["image"].astype(str).str.strip() == "")
     if empty.any():
         raise DatasetError(f"{source}: row {line[np.flatnonzero(empty)[0]]}: empty image name")
@@ -214,7 +215,7 @@ def _convert_live(release: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["image", "dist_type"])
     table["mos"] = _flip(dmos, DATASETS["live"])
     table["ref"] = [Path(r).stem for r in refs]
-    return table[orgs == 0].reset_index(drop=True)  # reference images carry no distortion
+    return table[orgs == 0]  # reference images carry no distortion; the index keeps dmos.mat's entry
 
 
 CSIQ_FILE_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
@@ -245,7 +246,7 @@ def _convert_csiq(release: Path) -> pd.DataFrame:
                                f"is not a number") from None
         rows.append({"image": f"{folder}/{ref}.{tag}.{level}.png", "ref": ref, "dist_type": folder,
                      "dist_level": level, "mos": dmos, "mos_std": dmos_std})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, index=sheet.index)
     table["mos"] = _flip(table["mos"], DATASETS["csiq"])
     return table
 
@@ -273,7 +274,7 @@ def _convert_tid2013(release: Path) -> pd.DataFrame:
             raise DatasetError(f"{where}: no file {name} in distorted_images/")
         rows.append({"image": files[name.lower()].name, "mos": _numbers([mos], where)[0], "mos_std": std,
                      "ref": parts[0], "dist_type": parts[1], "dist_level": int(parts[2])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, index=[line - 1 for line, _ in entries])
 
 
 def _numbers(values: list[str], where: str) -> list[float]:
@@ -312,7 +313,7 @@ def _convert_livec(release: Path) -> pd.DataFrame:
     std = _loadmat_vector(data / "AllStdDev_release.mat", "AllStdDev_release")
     if not len(names) == len(mos) == len(std):
         raise DatasetError(f"{data}: {len(names)} names, {len(mos)} MOS, {len(std)} std values")
-    return pd.DataFrame({"image": names[7:], "mos": mos[7:], "mos_std": std[7:]})
+    return pd.DataFrame({"image": names[7:], "mos": mos[7:], "mos_std": std[7:]}, index=range(7, len(names)))
 
 
 def _convert_koniq10k(release: Path) -> pd.DataFrame:
@@ -336,12 +337,25 @@ def _convert_livefb(release: Path) -> pd.DataFrame:
     return pd.DataFrame({"image": csv["name_image"], "mos": csv["mos_image"]})
 
 
-# name -> (converter, images folder inside the release)
-CONVERTERS: dict[str, tuple[Callable[[Path], pd.DataFrame], str]] = {
-    "live": (_convert_live, "."), "csiq": (_convert_csiq, "dst_imgs"),
-    "tid2013": (_convert_tid2013, "distorted_images"), "kadid10k": (_convert_kadid10k, "images"),
-    "livec": (_convert_livec, "Images"), "koniq10k": (_convert_koniq10k, "1024x768"),
-    "spaq": (_convert_spaq, "TestImage"), "livefb": (_convert_livefb, "database"),
+class Converter(NamedTuple):
+    """How one release becomes a canonical table. `convert` returns the table indexed by each row's
+    0-based position among the entries of `label_file`, which numbers its first entry `first_row`
+    (so that errors name the release file's own row)."""
+    convert: Callable[[Path], pd.DataFrame]
+    image_folder: str  # inside the release
+    label_file: str
+    first_row: int
+
+
+CONVERTERS: dict[str, Converter] = {
+    "live": Converter(_convert_live, ".", "dmos.mat", 1),
+    "csiq": Converter(_convert_csiq, "dst_imgs", "csiq.DMOS.xlsx (sheet all_by_image)", 2),
+    "tid2013": Converter(_convert_tid2013, "distorted_images", "mos_with_names.txt", 1),
+    "kadid10k": Converter(_convert_kadid10k, "images", "dmos.csv", 2),
+    "livec": Converter(_convert_livec, "Images", "Data/AllMOS_release.mat", 1),
+    "koniq10k": Converter(_convert_koniq10k, "1024x768", "koniq10k_scores_and_distributions.csv", 2),
+    "spaq": Converter(_convert_spaq, "TestImage", "Annotations/MOS and Image attribute scores.xlsx", 2),
+    "livefb": Converter(_convert_livefb, "database", "labels_image.csv", 2),
 }
 
 
@@ -353,8 +367,8 @@ def convert_release(name: str, release_dir: str | Path, out_dir: str | Path,
     release, out = Path(release_dir), Path(out_dir)
     if not release.is_dir():
         raise DatasetError(f"release folder {release} does not exist")
-    convert, image_folder = CONVERTERS[name]
-    table = validate_labels(convert(release), f"{name} release at {release}")
+    convert, image_folder, label_file, first_row = CONVERTERS[name]
+    table = validate_labels(convert(release), f"{name} release at {release}: {label_file}", first_row)
     sources = [release / image_folder / img for img in table["image"]]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:

@@ -177,9 +177,15 @@ def _as_predictor(model):
     return _TokenPredictor(model) if isinstance(model, TrainedDecoder) else model
 
 
+def _single_kinds(payload: dict) -> list[str]:
+    """The single kinds a payload's model is made of: its own, or its members' (a mean)."""
+    if payload["model_kind"] != "mean":
+        return [payload["model_kind"]]
+    return list(dict.fromkeys(m["model_kind"] for m in payload["model"]["members"]))
+
+
 def _mean_features(engine, batch: torch.Tensor, name: str, payload: dict) -> dict[str, Any]:
-    kinds = dict.fromkeys(m["model_kind"] for m in payload["model"]["members"])
-    return {kind: SINGLE_KINDS[kind].features_for(engine, batch, name, payload) for kind in kinds}
+    return {kind: SINGLE_KINDS[kind].features_for(engine, batch, name, payload) for kind in _single_kinds(payload)}
 
 
 SINGLE_KINDS: dict[str, ModelKind] = {
@@ -334,7 +340,9 @@ def load_model(path: str | Path = DEFAULT_MODEL) -> dict:
     try:
         if missing:
             raise ValueError(f"it has no {', '.join(missing)}")
-        FeatureSpec(**payload["feature_spec"])  # fields and engine this qfm_lib knows
+        spec = FeatureSpec(**payload["feature_spec"])  # fields and engine this qfm_lib knows
+        if "pooled-crops" in _single_kinds(payload) and not spec.n_crops:
+            raise ValueError("it reads crops but its feature spec has none (n_crops 0)")
         payload["predictor"] = MODEL_KINDS[kind].load(_pretrained_tails(payload["model"], payload["backbone"]))
     except Exception as err:
         what = (f"was saved by {saved_by} (this is {__version__}) and does not load here" if made_by != __version__

@@ -186,3 +186,36 @@ def test_a_csiq_score_that_is_not_a_number_is_named_by_row(tmp_path):
         frame.to_excel(xl, sheet_name="all_by_image", index=False)
     with pytest.raises(DatasetError, match="csiq.DMOS.xlsx row 3: dmos 'about 0.4' or dmos_std 0.05 is not a number"):
         convert_release("csiq", tmp_path / "rel", tmp_path / "out")
+
+
+def _no_score_in_livec_entry_9(rel):
+    savemat(rel / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.r_[np.arange(8.0), np.nan, 9.0][None]})
+
+
+def _no_score_in_live_entry_1(rel):
+    savemat(rel / "dmos.mat", {"dmos": np.array([[np.nan, 0.0, 55.5, 20.0, 40.0, 60.0, 70.0]]),
+                               "orgs": np.array([[0, 1, 0, 0, 0, 0, 0]])})
+
+
+def _no_score_on_tid2013_line_2(rel):
+    (rel / "mos_with_names.txt").write_text("5.51429 I01_01_1.bmp\nnan I01_02_5.bmp\n4.0 I25_24_3.BMP\n")
+
+
+def _no_score_in_kadid10k_data_row_2(rel):
+    csv = rel / "dmos.csv"
+    pd.read_csv(csv).assign(dmos=[4.57, np.nan]).to_csv(csv, index=False)
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("livec", _no_score_in_livec_entry_9, r"Data/AllMOS_release.mat: row 9 \(1000.JPG\)"),
+    ("live", _no_score_in_live_entry_1, r"dmos.mat: row 1 \(jp2k/img1.bmp\)"),
+    ("tid2013", _no_score_on_tid2013_line_2, r"mos_with_names.txt: row 2 \(i01_02_5.bmp\)"),
+    ("kadid10k", _no_score_in_kadid10k_data_row_2, r"dmos.csv: row 3 \(I02_13_05.png\)"),
+])
+def test_a_missing_score_is_named_by_the_release_files_own_row(tmp_path, name, damage, says):
+    """Rows are counted as the release file counts them: .mat entries and header-less text lines from 1,
+    a CSV's lines with its header as line 1 (LIVE drops reference images, LIVEC its 7 training images)."""
+    BUILDERS[name](tmp_path / "rel")
+    damage(tmp_path / "rel")
+    with pytest.raises(DatasetError, match=f"{says}: missing, non-numeric or infinite MOS nan"):
+        convert_release(name, tmp_path / "rel", tmp_path / "out")

@@ -280,6 +280,11 @@ def test_mean_model_of_a_token_decoder_and_a_crop_model_scores_a_real_photo(tmp_
     assert "too small for this model: it is 200x150 px, the model reads 224x224-px crops" in scores["error"][1]
     with pytest.raises(ValueError, match="member 'crop': needs models of one of"):
         predict.MeanOfModels([("crop", "pooled-crops", [])])
+    no_crops = predict.save_model(mean, tmp_path / "no_crops.pt", "tf_efficientnet_lite0", lite0.weights_sha256,
+                                  replace(spec, n_crops=0), table, model_kind="mean")
+    with pytest.raises(predict.ModelFileError, match=f"{no_crops}: this 'mean' qfm model is damaged: ValueError: it reads "
+                                                     r"crops but its feature spec has none \(n_crops 0\)"):
+        predict.load_model(no_crops)  # named with its file when loaded, not at the first image
 
 
 def test_negative_max_side_gets_predicts_usage(capsys):
