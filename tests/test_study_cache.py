@@ -1,9 +1,11 @@
 """study.cached: a notebook's slow step computed once per key, kept on disk; study.single_thread."""
+import functools
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from qfm_lib.study import cached
 
@@ -29,10 +31,6 @@ def test_cached_computes_once_per_key_and_content(tmp_path, monkeypatch):
 
 
 def test_functions_without_source_are_keyed_by_their_code(tmp_path, monkeypatch):
-    import functools
-
-    import pytest
-
     monkeypatch.setenv("QFM_CACHE_DIR", str(tmp_path))
     tenth, fifth = (eval(f"lambda: {v}") for v in ("0.1", "0.2"))  # no source file to read
     assert cached("demo", {}, tenth) == 0.1 and cached("demo", {}, fifth) == 0.2
