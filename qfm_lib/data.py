@@ -196,14 +196,14 @@ def _flip(scores, info: DatasetInfo) -> np.ndarray:
     return lo + hi - np.asarray(scores, dtype=float)
 
 
-def _convert_live(release: Path) -> pd.DataFrame:
+def _convert_live(release: Path, spec: Converter) -> pd.DataFrame:
     """LIVE Release 2: jp2k/ jpeg/ wn/ gblur/ fastfading/ imgN.bmp, dmos.mat, refnames_all.mat.
 
     dmos.mat holds dmos and orgs (1 = reference image) for the 982 images in folder order
     jp2k, jpeg, wn, gblur, fastfading, each folder's images numbered img1..imgN.
     """
-    dmos = _loadmat_vector(release / "dmos.mat", "dmos")
-    orgs = _loadmat_vector(release / "dmos.mat", "orgs")
+    dmos = _loadmat_vector(release / spec.label_file, "dmos")
+    orgs = _loadmat_vector(release / spec.label_file, "orgs")
     refs = _mat_strings(_loadmat_vector(release / "refnames_all.mat", "refnames_all"))
     rows = []
     for folder in ["jp2k", "jpeg", "wn", "gblur", "fastfading"]:
@@ -223,26 +223,27 @@ CSIQ_FILE_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
                    "blur": ("blur", "BLUR"), "contrast": ("contrast", "contrast")}
 
 
-def _convert_csiq(release: Path) -> pd.DataFrame:
+def _convert_csiq(release: Path, spec: Converter) -> pd.DataFrame:
     """CSIQ: csiq.DMOS.xlsx (sheet all_by_image: image, dst_type, dst_lev, dmos_std, dmos) and
     dst_imgs/<folder>/<image>.<TYPE>.<level>.png."""
-    sheet = _columns(pd.read_excel(_require(release / "csiq.DMOS.xlsx", "csiq.DMOS.xlsx"), sheet_name="all_by_image"),
-                     "csiq.DMOS.xlsx (sheet all_by_image)", "image", "dst_type", "dst_lev", "dmos_std", "dmos")
+    book = _require(release / spec.label_file, spec.label_file)
+    sheet = _columns(pd.read_excel(book, sheet_name=spec.sheet), spec.source,
+                     "image", "dst_type", "dst_lev", "dmos_std", "dmos")
     rows = []
     for i, r in sheet.iterrows():
         kind = str(r["dst_type"]).strip().lower()
         if kind not in CSIQ_FILE_TYPES:
-            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: unknown dst_type {r['dst_type']!r}")
+            raise DatasetError(f"{spec.label_file} row {i + 2}: unknown dst_type {r['dst_type']!r}")
         folder, tag = CSIQ_FILE_TYPES[kind]
         ref = str(r["image"]).strip()
         try:
             level = int(r["dst_lev"])
         except (TypeError, ValueError):
-            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
+            raise DatasetError(f"{spec.label_file} row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
         try:
             dmos, dmos_std = float(r["dmos"]), float(r["dmos_std"])
         except (TypeError, ValueError):
-            raise DatasetError(f"csiq.DMOS.xlsx row {i + 2}: dmos {r['dmos']!r} or dmos_std {r['dmos_std']!r} "
+            raise DatasetError(f"{spec.label_file} row {i + 2}: dmos {r['dmos']!r} or dmos_std {r['dmos_std']!r} "
                                f"is not a number") from None
         rows.append({"image": f"{folder}/{ref}.{tag}.{level}.png", "ref": ref, "dist_type": folder,
                      "dist_level": level, "mos": dmos, "mos_std": dmos_std})
@@ -251,19 +252,19 @@ def _convert_csiq(release: Path) -> pd.DataFrame:
     return table
 
 
-def _convert_tid2013(release: Path) -> pd.DataFrame:
+def _convert_tid2013(release: Path, spec: Converter) -> pd.DataFrame:
     """TID2013: mos_with_names.txt ('5.51429 I01_01_1.bmp' per line), mos_std.txt,
     distorted_images/ (file names vary in case: i01_01_1.bmp, I25_01_1.BMP)."""
-    lines = _require(release / "mos_with_names.txt", "mos_with_names.txt").read_text().split("\n")
+    lines = _require(release / spec.label_file, spec.label_file).read_text().split("\n")
     entries = [(n + 1, ln.split()) for n, ln in enumerate(lines) if ln.strip()]
     std_file = release / "mos_std.txt"
     stds = _numbers(std_file.read_text().split(), "mos_std.txt") if std_file.exists() else [np.nan] * len(entries)
     if len(stds) != len(entries):
-        raise DatasetError(f"mos_std.txt holds {len(stds)} values for the {len(entries)} images of mos_with_names.txt")
+        raise DatasetError(f"mos_std.txt holds {len(stds)} values for the {len(entries)} images of {spec.label_file}")
     files = {p.name.lower(): p for p in _require(release / "distorted_images", "distorted_images/").iterdir()}
     rows = []
     for (line, fields), std in zip(entries, stds):
-        where = f"mos_with_names.txt line {line}"
+        where = f"{spec.label_file} line {line}"
         if len(fields) != 2:
             raise DatasetError(f"{where}: expected '<mos> <image name>', got {' '.join(fields)!r}")
         mos, name = fields
@@ -293,63 +294,73 @@ def _columns(frame: pd.DataFrame, where: str, *names: str) -> pd.DataFrame:
     return frame
 
 
-def _convert_kadid10k(release: Path) -> pd.DataFrame:
+def _read_csv(release: Path, spec: Converter, *names: str) -> pd.DataFrame:
+    """The CSV label file of `spec` in `release`, which must have the columns `names`."""
+    return _columns(pd.read_csv(_require(release / spec.label_file, spec.label_file)), spec.source, *names)
+
+
+def _convert_kadid10k(release: Path, spec: Converter) -> pd.DataFrame:
     """KADID-10k: dmos.csv (dist_img, ref_img, dmos, var) and images/. Despite its name the
     'dmos' column is higher-is-better (1-5 DCR scale), so it is not flipped."""
-    csv = _columns(pd.read_csv(_require(release / "dmos.csv", "dmos.csv")), "dmos.csv", "dist_img", "ref_img", "dmos", "var")
+    csv = _read_csv(release, spec, "dist_img", "ref_img", "dmos", "var")
     parts = csv["dist_img"].str.extract(r"I\d+_(\d+)_(\d+)")
     return pd.DataFrame({"image": csv["dist_img"], "mos": csv["dmos"], "mos_std": np.sqrt(csv["var"]),
                          "ref": csv["ref_img"].str.replace(r"\.\w+$", "", regex=True),
                          "dist_type": parts[0], "dist_level": parts[1].astype(float)})
 
 
-def _convert_livec(release: Path) -> pd.DataFrame:
+def _convert_livec(release: Path, spec: Converter) -> pd.DataFrame:
     """LIVE Challenge (ChallengeDB_release): Data/AllImages_release.mat, AllMOS_release.mat,
     AllStdDev_release.mat and Images/. The first 7 entries are the rater-training images
     (Images/trainingImages), excluded as in every published protocol."""
     data = release / "Data"
     names = _mat_strings(_loadmat_vector(data / "AllImages_release.mat", "AllImages_release"))
-    mos = _loadmat_vector(data / "AllMOS_release.mat", "AllMOS_release")
+    mos = _loadmat_vector(release / spec.label_file, "AllMOS_release")
     std = _loadmat_vector(data / "AllStdDev_release.mat", "AllStdDev_release")
     if not len(names) == len(mos) == len(std):
         raise DatasetError(f"{data}: {len(names)} names, {len(mos)} MOS, {len(std)} std values")
     return pd.DataFrame({"image": names[7:], "mos": mos[7:], "mos_std": std[7:]}, index=range(7, len(names)))
 
 
-def _convert_koniq10k(release: Path) -> pd.DataFrame:
+def _convert_koniq10k(release: Path, spec: Converter) -> pd.DataFrame:
     """KonIQ-10k: koniq10k_scores_and_distributions.csv (image_name, MOS, SD) and 1024x768/."""
-    name = "koniq10k_scores_and_distributions.csv"
-    csv = _columns(pd.read_csv(_require(release / name, name)), name, "image_name", "MOS", "SD")
+    csv = _read_csv(release, spec, "image_name", "MOS", "SD")
     return pd.DataFrame({"image": csv["image_name"], "mos": csv["MOS"], "mos_std": csv["SD"]})
 
 
-def _convert_spaq(release: Path) -> pd.DataFrame:
+def _convert_spaq(release: Path, spec: Converter) -> pd.DataFrame:
     """SPAQ: Annotations/MOS and Image attribute scores.xlsx (Image name, MOS) and TestImage/."""
-    name = "Annotations/MOS and Image attribute scores.xlsx"
-    sheet = _columns(pd.read_excel(_require(release / name, name)), name, "Image name", "MOS")
+    book = _require(release / spec.label_file, spec.label_file)
+    sheet = _columns(pd.read_excel(book), spec.source, "Image name", "MOS")
     return pd.DataFrame({"image": sheet["Image name"].astype(str), "mos": sheet["MOS"]})
 
 
-def _convert_livefb(release: Path) -> pd.DataFrame:
+def _convert_livefb(release: Path, spec: Converter) -> pd.DataFrame:
     """LIVE-FB (FLIVE, PaQ-2-PiQ release): labels_image.csv (name_image, mos_image) and database/."""
-    csv = _columns(pd.read_csv(_require(release / "labels_image.csv", "labels_image.csv")), "labels_image.csv",
-                   "name_image", "mos_image")
+    csv = _read_csv(release, spec, "name_image", "mos_image")
     return pd.DataFrame({"image": csv["name_image"], "mos": csv["mos_image"]})
 
 
 class Converter(NamedTuple):
-    """How one release becomes a canonical table. `convert` returns the table indexed by each row's
-    0-based position among the entries of `label_file`, which numbers its first entry `first_row`
-    (so that errors name the release file's own row)."""
-    convert: Callable[[Path], pd.DataFrame]
-    image_folder: str  # inside the release
+    """How one release becomes a canonical table. `convert(release, spec)` reads the scores from
+    `label_file` (and `sheet`, in a workbook) and returns the table indexed by each row's 0-based
+    position among that file's entries; the file numbers its first entry `first_row` (so that
+    errors name the release file's own row)."""
+    convert: Callable[[Path, Converter], pd.DataFrame]
+    image_folder: str  # inside the release, like label_file
     label_file: str
     first_row: int
+    sheet: str | int = 0  # pandas.read_excel's sheet_name
+
+    @property
+    def source(self) -> str:
+        """The label file (and sheet) for error messages."""
+        return self.label_file + (f" (sheet {self.sheet})" if isinstance(self.sheet, str) else "")
 
 
 CONVERTERS: dict[str, Converter] = {
     "live": Converter(_convert_live, ".", "dmos.mat", 1),
-    "csiq": Converter(_convert_csiq, "dst_imgs", "csiq.DMOS.xlsx (sheet all_by_image)", 2),
+    "csiq": Converter(_convert_csiq, "dst_imgs", "csiq.DMOS.xlsx", 2, sheet="all_by_image"),
     "tid2013": Converter(_convert_tid2013, "distorted_images", "mos_with_names.txt", 1),
     "kadid10k": Converter(_convert_kadid10k, "images", "dmos.csv", 2),
     "livec": Converter(_convert_livec, "Images", "Data/AllMOS_release.mat", 1),
@@ -367,9 +378,9 @@ def convert_release(name: str, release_dir: str | Path, out_dir: str | Path,
     release, out = Path(release_dir), Path(out_dir)
     if not release.is_dir():
         raise DatasetError(f"release folder {release} does not exist")
-    convert, image_folder, label_file, first_row = CONVERTERS[name]
-    table = validate_labels(convert(release), f"{name} release at {release}: {label_file}", first_row)
-    sources = [release / image_folder / img for img in table["image"]]
+    spec = CONVERTERS[name]
+    table = validate_labels(spec.convert(release, spec), f"{name} release at {release}: {spec.source}", spec.first_row)
+    sources = [release / spec.image_folder / img for img in table["image"]]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise DatasetError(f"{name} release: {len(missing)} labelled images missing, e.g. {missing[0]}")

@@ -60,9 +60,14 @@ class FinetuneConfig:
             device = torch.device(self.device)
         except RuntimeError as err:
             raise ValueError(f"device {self.device!r} is not a torch device ({err}); e.g. cpu, cuda, cuda:1") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r}: fine-tuning runs on cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: this torch ({torch.__version__}) finds no CUDA GPU; "
                              f"use --device cpu (slow: about 11 h for ten splits on a 2-core CPU)")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {self.device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0")
 
 
 class FinetunedDecoder(nn.Module):

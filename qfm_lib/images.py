@@ -3,7 +3,8 @@
 Convertible modes are handled: grayscale (L, LA, I, I;16, F: scaled to 8 bit from 0..1 for floats that
 stay within 1, else from 0..255 when every value does, else from 0..65535, which 16-bit PNGs always are; an
 integer image whose values all fit in 12 bits is scaled the same way, and comes out dark, with a warning
-once per file), palette (P), RGBA (alpha is composited on white, as a viewer would show it), CMYK. A photo's EXIF
+once per file; values below 0 or above 65535, which no such scale shows as meant, raise `ImageError`),
+palette (P), RGBA (alpha is composited on white, as a viewer would show it), CMYK. A photo's EXIF
 orientation is applied, so it is scored upright, as people see it. Corrupt, truncated, missing, tiny or
 absurdly large files raise `ImageError` naming the file.
 """
@@ -40,7 +41,10 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
         bad = int((~np.isfinite(arr)).sum())
         if bad:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
-        peak = float(arr.max())  # one pass over what may be a 64-megapixel image
+        low, peak = float(arr.min()), float(arr.max())
+        if low < 0 or peak > 65535:  # signed or 32-bit data: clipping it to 0..255 would score another image
+            raise _BadPixels(f"its values run from {low:g} to {peak:g}, outside 0..65535 (mode {img.mode}); "
+                             "rescale it to 0..65535, or to 0..1 in floating point")
         top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
         if top == 65535.0 and img.mode != "F" and 0 < peak < 4096 and name not in _WARNED:
             _WARNED.add(name)  # 10/12-bit sensor data in a 16-bit file, or a very dark image

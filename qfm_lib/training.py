@@ -3,6 +3,8 @@ AdamW, epochs of mini-batch steps, an optional EMA teacher, a validation score a
 and early stopping that keeps the best epoch's weights."""
 from __future__ import annotations
 
+import dataclasses
+import numbers
 from typing import Callable, Iterator
 
 import numpy as np
@@ -16,10 +18,25 @@ def _is_real_number(value) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
+def check_setting_types(cfg) -> None:
+    """A clear error, naming the setting, for a field of the dataclass `cfg` whose value is not of its
+    default's kind (bool, whole number, number or text), before it fails deep inside training."""
+    kinds = ((bool, (bool, np.bool_), "True or False"), (int, numbers.Integral, "a whole number"),
+             (float, numbers.Real, "a number"), (str, str, "text"))
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        for default_type, allowed, what in kinds:
+            if isinstance(field.default, default_type):
+                if not isinstance(value, allowed) or (default_type is not bool and isinstance(value, (bool, np.bool_))):
+                    raise ValueError(f"{type(cfg).__name__}: {field.name} must be {what}, got {value!r}")
+                break
+
+
 def check_training_settings(cfg) -> None:
-    """A clear error, naming the setting, for the optimisation settings of `cfg` (any config that has
-    them) that no training can run with."""
-    for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1)):
+    """A clear error, naming the setting, for the settings of `cfg` (any config dataclass) of the wrong
+    kind, and for its optimisation settings that no training can run with."""
+    check_setting_types(cfg)
+    for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1), ("seed", 0)):
         value = getattr(cfg, name, least)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")

@@ -201,6 +201,14 @@ def _no_score_on_tid2013_line_2(rel):
     (rel / "mos_with_names.txt").write_text("5.51429 I01_01_1.bmp\nnan I01_02_5.bmp\n4.0 I25_24_3.BMP\n")
 
 
+def _no_score_in_csiq_sheet_row_3(rel):
+    book = rel / "csiq.DMOS.xlsx"
+    frame = pd.read_excel(book, sheet_name="all_by_image")
+    frame.loc[1, "dmos"] = np.nan
+    with pd.ExcelWriter(book) as xl:
+        frame.to_excel(xl, sheet_name="all_by_image", index=False)
+
+
 def _no_score_in_kadid10k_data_row_2(rel):
     csv = rel / "dmos.csv"
     pd.read_csv(csv).assign(dmos=[4.57, np.nan]).to_csv(csv, index=False)
@@ -211,6 +219,7 @@ def _no_score_in_kadid10k_data_row_2(rel):
     ("live", _no_score_in_live_entry_1, r"dmos.mat: row 1 \(jp2k/img1.bmp\)"),
     ("tid2013", _no_score_on_tid2013_line_2, r"mos_with_names.txt: row 2 \(i01_02_5.bmp\)"),
     ("kadid10k", _no_score_in_kadid10k_data_row_2, r"dmos.csv: row 3 \(I02_13_05.png\)"),
+    ("csiq", _no_score_in_csiq_sheet_row_3, r"csiq.DMOS.xlsx \(sheet all_by_image\): row 3 \(jpeg2000/1600.jpeg2000.3.png\)"),
 ])
 def test_a_missing_score_is_named_by_the_release_files_own_row(tmp_path, name, damage, says):
     """Rows are counted as the release file counts them: .mat entries and header-less text lines from 1,

@@ -307,7 +307,7 @@ def test_precision_is_fp32_when_asked_or_unsupported(monkeypatch):
 @pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"patience": -1}, {"batch_images": 0}, {"lr": -1e-3},
                                  {"lr": float("nan")}, {"weight_decay": -1.0}, {"dropout": 1.0}, {"max_epochs": 2.5},
                                  {"lr": "1e-3"}, {"dropout": "0.1"}, {"max_epochs": True}, {"lr": True},
-                                 {"dropout": False}])
+                                 {"dropout": False}, {"seed": -1}, {"seed": 1.5}])
 def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
     from qfm_lib.manifold import ManifoldConfig
     from qfm_lib.models import TrainConfig
@@ -317,6 +317,17 @@ def test_training_settings_no_training_can_run_with_are_refused_by_name(bad):
         field = "batch_size" if name == "batch_images" and config is TrainConfig else name  # TrainConfig's name
         with pytest.raises(ValueError, match=f"{config.__name__}: {field} must be"):
             config(**{field: value})
+
+
+@pytest.mark.parametrize("bad, says", [({"dim": "abc"}, "dim must be a whole number, got 'abc'"),
+                                       ({"gated": 1}, "gated must be True or False, got 1"),
+                                       ({"adv_eps": "0.3"}, "adv_eps must be a number, got '0.3'"),
+                                       ({"anchor": None}, "anchor must be text, got None")])
+def test_a_setting_of_the_wrong_kind_is_refused_by_name(bad, says):
+    """Before, dim='abc' failed in a '%' with 'not all arguments converted during string formatting'."""
+    with pytest.raises(ValueError, match=f"DecoderConfig: {says}"):
+        DecoderConfig(**bad)
+    assert DecoderConfig(dim=np.int64(64), adv_eps=1, gated=np.bool_(False)).dim == 64  # numpy and int are fine
 
 
 def test_a_training_that_never_scores_a_finite_validation_says_so():

@@ -200,6 +200,19 @@ def test_float_image_with_nan_pixels_is_refused_by_name(tmp_path):
         load_rgb(tmp_path / "nan.tif")
 
 
+@pytest.mark.parametrize("name, pixels, says", [
+    ("signed.tif", np.linspace(-200, 200, 1600, dtype=np.float32), "from -200 to 200"),
+    ("wide.tif", np.linspace(0, 1e6, 1600).astype(np.int32), "from 0 to 1e\\+06"),
+])
+def test_values_outside_sixteen_bits_are_refused_by_name(tmp_path, name, pixels, says):
+    """Clipped to 0..255 they would be scored as another image (half black, or nearly all white)."""
+    from PIL import Image
+
+    Image.fromarray(pixels.reshape(40, 40)).save(tmp_path / name)
+    with pytest.raises(ImageError, match=rf"{name}: its values run {says}, outside 0..65535"):
+        load_rgb(tmp_path / name)
+
+
 def test_exif_orientation_applied(tmp_path):
     from PIL import Image
 

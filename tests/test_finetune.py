@@ -15,7 +15,7 @@ def on_data_root(data_root, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"lr": -1.0}, {"lr": float("nan")}, {"max_epochs": 0}, {"patience": -1},
-                                 {"batch_images": 0}])
+                                 {"batch_images": 0}, {"seed": -1}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         FinetuneConfig(**bad)
@@ -27,6 +27,8 @@ def test_config_names_a_device_it_cannot_use():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="finds no CUDA GPU; use --device cpu"):
             FinetuneConfig(device="cuda")
+    with pytest.raises(ValueError, match="'meta': fine-tuning runs on cpu or cuda"):
+        FinetuneConfig(device="meta")
 
 
 def test_start_must_have_a_token_decoder(on_data_root):
