@@ -182,12 +182,25 @@ def cache_path(kind: str, key: Any, suffix: str, extra: bytes = b"") -> Path:
     return folder / f"{digest(key, extra)}{suffix}"
 
 
+def _new_file_mode() -> int:
+    """The permissions open() gives a new file here: 0o666 less the process's umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call write(fh) on a temp file beside `path`, then rename it onto `path`."""
+    """Call write(fh) on a temp file beside `path`, then rename it onto `path`, with the permissions
+    open() would give it (mkstemp's are owner-only: a CSV written for the user, or a cache shared
+    with a group, would be unreadable to others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _NEW_FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             write(fh)
         os.replace(tmp, path)

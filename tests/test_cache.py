@@ -184,3 +184,12 @@ def test_a_library_upgrade_moves_the_feature_key(monkeypatch):
     assert library_versions("PIL")["PIL"] == PIL.__version__
     monkeypatch.setattr(PIL, "__version__", "0.0.1")  # e.g. a new JPEG decoder
     assert F.cache_key(["a"], ["h"], backbone, F.FeatureSpec(), False) != before
+
+
+def test_an_atomic_write_gets_the_permissions_open_would_give(tmp_path):
+    """mkstemp's temp files are owner-only (0o600); a file the user asked for must not be."""
+    from qfm_lib.cache import atomic_write
+
+    (tmp_path / "plain.csv").write_text("a\n")
+    written = atomic_write(tmp_path / "atomic.csv", lambda fh: fh.write("a\n"), "w")
+    assert written.stat().st_mode & 0o777 == (tmp_path / "plain.csv").stat().st_mode & 0o777
