@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import json
@@ -183,7 +184,7 @@ def cache_path(kind: str, key: Any, suffix: str, extra: bytes = b"") -> Path:
 
 
 def _new_file_mode() -> int:
-    """The permissions open() gives a new file here: 0o666 less the process's umask."""
+    """The permissions open() gives a new file here: 0o666 less the umask the process had at import."""
     umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
     os.umask(umask)
     return 0o666 & ~umask
@@ -200,7 +201,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _NEW_FILE_MODE)
+        with contextlib.suppress(OSError):  # a file system without permissions (e.g. FAT) keeps its own
+            os.fchmod(fd, _NEW_FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             write(fh)
         os.replace(tmp, path)

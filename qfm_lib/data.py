@@ -202,8 +202,8 @@ def _convert_live(release: Path, spec: Converter) -> pd.DataFrame:
     dmos.mat holds dmos and orgs (1 = reference image) for the 982 images in folder order
     jp2k, jpeg, wn, gblur, fastfading, each folder's images numbered img1..imgN.
     """
-    dmos = _loadmat_vector(release / spec.label_file, "dmos")
-    orgs = _loadmat_vector(release / spec.label_file, "orgs")
+    dmos = _loadmat_vector(spec.label_path(release), "dmos")
+    orgs = _loadmat_vector(spec.label_path(release), "orgs")
     refs = _mat_strings(_loadmat_vector(release / "refnames_all.mat", "refnames_all"))
     rows = []
     for folder in ["jp2k", "jpeg", "wn", "gblur", "fastfading"]:
@@ -226,24 +226,23 @@ CSIQ_FILE_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
 def _convert_csiq(release: Path, spec: Converter) -> pd.DataFrame:
     """CSIQ: csiq.DMOS.xlsx (sheet all_by_image: image, dst_type, dst_lev, dmos_std, dmos) and
     dst_imgs/<folder>/<image>.<TYPE>.<level>.png."""
-    book = _require(release / spec.label_file, spec.label_file)
-    sheet = _columns(pd.read_excel(book, sheet_name=spec.sheet), spec.source,
+    sheet = _columns(pd.read_excel(spec.label_path(release), sheet_name=spec.sheet), spec.source,
                      "image", "dst_type", "dst_lev", "dmos_std", "dmos")
     rows = []
     for i, r in sheet.iterrows():
         kind = str(r["dst_type"]).strip().lower()
         if kind not in CSIQ_FILE_TYPES:
-            raise DatasetError(f"{spec.label_file} row {i + 2}: unknown dst_type {r['dst_type']!r}")
+            raise DatasetError(f"{spec.source} row {i + 2}: unknown dst_type {r['dst_type']!r}")
         folder, tag = CSIQ_FILE_TYPES[kind]
         ref = str(r["image"]).strip()
         try:
             level = int(r["dst_lev"])
         except (TypeError, ValueError):
-            raise DatasetError(f"{spec.label_file} row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
+            raise DatasetError(f"{spec.source} row {i + 2}: dst_lev {r['dst_lev']!r} is not a whole number") from None
         try:
             dmos, dmos_std = float(r["dmos"]), float(r["dmos_std"])
         except (TypeError, ValueError):
-            raise DatasetError(f"{spec.label_file} row {i + 2}: dmos {r['dmos']!r} or dmos_std {r['dmos_std']!r} "
+            raise DatasetError(f"{spec.source} row {i + 2}: dmos {r['dmos']!r} or dmos_std {r['dmos_std']!r} "
                                f"is not a number") from None
         rows.append({"image": f"{folder}/{ref}.{tag}.{level}.png", "ref": ref, "dist_type": folder,
                      "dist_level": level, "mos": dmos, "mos_std": dmos_std})
@@ -255,13 +254,13 @@ def _convert_csiq(release: Path, spec: Converter) -> pd.DataFrame:
 def _convert_tid2013(release: Path, spec: Converter) -> pd.DataFrame:
     """TID2013: mos_with_names.txt ('5.51429 I01_01_1.bmp' per line), mos_std.txt,
     distorted_images/ (file names vary in case: i01_01_1.bmp, I25_01_1.BMP)."""
-    lines = _require(release / spec.label_file, spec.label_file).read_text().split("\n")
+    lines = spec.label_path(release).read_text().split("\n")
     entries = [(n + 1, ln.split()) for n, ln in enumerate(lines) if ln.strip()]
     std_file = release / "mos_std.txt"
     stds = _numbers(std_file.read_text().split(), "mos_std.txt") if std_file.exists() else [np.nan] * len(entries)
     if len(stds) != len(entries):
         raise DatasetError(f"mos_std.txt holds {len(stds)} values for the {len(entries)} images of {spec.label_file}")
-    files = {p.name.lower(): p for p in _require(release / "distorted_images", "distorted_images/").iterdir()}
+    files = {p.name.lower(): p for p in _require(release / spec.image_folder, f"{spec.image_folder}/").iterdir()}
     rows = []
     for (line, fields), std in zip(entries, stds):
         where = f"{spec.label_file} line {line}"
@@ -296,7 +295,7 @@ def _columns(frame: pd.DataFrame, where: str, *names: str) -> pd.DataFrame:
 
 def _read_csv(release: Path, spec: Converter, *names: str) -> pd.DataFrame:
     """The CSV label file of `spec` in `release`, which must have the columns `names`."""
-    return _columns(pd.read_csv(_require(release / spec.label_file, spec.label_file)), spec.source, *names)
+    return _columns(pd.read_csv(spec.label_path(release)), spec.source, *names)
 
 
 def _convert_kadid10k(release: Path, spec: Converter) -> pd.DataFrame:
@@ -315,7 +314,7 @@ def _convert_livec(release: Path, spec: Converter) -> pd.DataFrame:
     (Images/trainingImages), excluded as in every published protocol."""
     data = release / "Data"
     names = _mat_strings(_loadmat_vector(data / "AllImages_release.mat", "AllImages_release"))
-    mos = _loadmat_vector(release / spec.label_file, "AllMOS_release")
+    mos = _loadmat_vector(spec.label_path(release), "AllMOS_release")
     std = _loadmat_vector(data / "AllStdDev_release.mat", "AllStdDev_release")
     if not len(names) == len(mos) == len(std):
         raise DatasetError(f"{data}: {len(names)} names, {len(mos)} MOS, {len(std)} std values")
@@ -330,8 +329,7 @@ def _convert_koniq10k(release: Path, spec: Converter) -> pd.DataFrame:
 
 def _convert_spaq(release: Path, spec: Converter) -> pd.DataFrame:
     """SPAQ: Annotations/MOS and Image attribute scores.xlsx (Image name, MOS) and TestImage/."""
-    book = _require(release / spec.label_file, spec.label_file)
-    sheet = _columns(pd.read_excel(book), spec.source, "Image name", "MOS")
+    sheet = _columns(pd.read_excel(spec.label_path(release), sheet_name=spec.sheet), spec.source, "Image name", "MOS")
     return pd.DataFrame({"image": sheet["Image name"].astype(str), "mos": sheet["MOS"]})
 
 
@@ -356,6 +354,10 @@ class Converter(NamedTuple):
     def source(self) -> str:
         """The label file (and sheet) for error messages."""
         return self.label_file + (f" (sheet {self.sheet})" if isinstance(self.sheet, str) else "")
+
+    def label_path(self, release: Path) -> Path:
+        """The label file in `release`; a DatasetError when it is not there."""
+        return _require(release / self.label_file, self.label_file)
 
 
 CONVERTERS: dict[str, Converter] = {

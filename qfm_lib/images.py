@@ -3,7 +3,7 @@
 Convertible modes are handled: grayscale (L, LA, I, I;16, F: scaled to 8 bit from 0..1 for floats that
 stay within 1, else from 0..255 when every value does, else from 0..65535, which 16-bit PNGs always are; an
 integer image whose values all fit in 12 bits is scaled the same way, and comes out dark, with a warning
-once per file; values below 0 or above 65535, which no such scale shows as meant, raise `ImageError`),
+once per file; values below 0 or above the scale's top, which clipping would change, raise `ImageError`),
 palette (P), RGBA (alpha is composited on white, as a viewer would show it), CMYK. A photo's EXIF
 orientation is applied, so it is scored upright, as people see it. Corrupt, truncated, missing, tiny or
 absurdly large files raise `ImageError` naming the file.
@@ -41,19 +41,20 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
         bad = int((~np.isfinite(arr)).sum())
         if bad:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
-        low, peak = float(arr.min()), float(arr.max())
-        if low < 0 or peak > 65535:  # signed or 32-bit data: clipping it to 0..255 would score another image
-            raise _BadPixels(f"its values run from {low:g} to {peak:g}, outside 0..65535 (mode {img.mode}); "
-                             "rescale it to 0..65535, or to 0..1 in floating point")
+        low, peak = float(arr.min()), float(arr.max())  # two passes over what may be a 64-megapixel image
         top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
+        if img.mode == "F" and peak <= 1.0:  # floating-point images usually hold 0..1
+            top = 1.0
+        half_level = 0.5 * top / 255  # what rounding to 8 bits drops anyway (e.g. -1e-6 in a 0..1 image)
+        if low < -half_level or peak > top + half_level:  # signed or 32-bit data: clipped, another image
+            raise _BadPixels(f"its values run from {low:g} to {peak:g}, outside the 0..{top:g} it would be scaled "
+                             f"from (mode {img.mode}); rescale it to 0..65535, or to 0..1 in floating point")
         if top == 65535.0 and img.mode != "F" and 0 < peak < 4096 and name not in _WARNED:
             _WARNED.add(name)  # 10/12-bit sensor data in a 16-bit file, or a very dark image
             warnings.warn(f"{name}: an integer image (mode {img.mode}) whose largest value is {peak:.0f}, "
                           f"within 12 bits; it is scaled from 0..65535 (at most {peak / 65535 * 255:.0f} of "
                           "255). If it holds 10- or 12-bit data, rescale it to the full 16 bits first",
                           ImageWarning, stacklevel=3)
-        if img.mode == "F" and peak <= 1.0:  # floating-point images usually hold 0..1
-            top = 1.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -184,7 +184,7 @@ def test_a_csiq_score_that_is_not_a_number_is_named_by_row(tmp_path):
     frame.loc[1, "dmos"] = "about 0.4"
     with pd.ExcelWriter(book) as xl:
         frame.to_excel(xl, sheet_name="all_by_image", index=False)
-    with pytest.raises(DatasetError, match="csiq.DMOS.xlsx row 3: dmos 'about 0.4' or dmos_std 0.05 is not a number"):
+    with pytest.raises(DatasetError, match=r"csiq.DMOS.xlsx \(sheet all_by_image\) row 3: dmos 'about 0.4' or dmos_std 0.05 is not a number"):
         convert_release("csiq", tmp_path / "rel", tmp_path / "out")
 
 
