@@ -105,11 +105,16 @@ def out_dir_for(profile: str, build_dir: Path | None = None) -> Path:
     return FIGURES_DIR if profile == "full" else (build_dir or BUILD_DIR / profile) / "figures"
 
 
-def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict) -> dict:
-    """Parameters to inject: profile overrides from the notebook metadata, then the user's."""
+def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict, build_dir: Path | None = None) -> dict:
+    """Parameters to inject: profile overrides from the notebook metadata, then the user's. A notebook
+    of a full run whose parameters the user overrides (e.g. a subset) saves its model in build_dir
+    (default build/full)/models, so that models/ keeps the full run's model, which `qfm predict` uses
+    and git cannot restore."""
     declared = papermill_parameters(path)
     params = dict(zip(INJECTED, (str(out_dir), profile)))
     params.update(notebook_meta(path).get("profiles", {}).get(profile, {}))
+    if profile == "full" and "model_dir" in declared and set(overrides) & set(declared):
+        params["model_dir"] = str((build_dir or BUILD_DIR / profile) / "models")
     params.update({k: v for k, v in overrides.items() if k in declared})
     unknown = [k for k in params if k not in declared]
     if unknown:
@@ -459,7 +464,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     if unknown:
         raise BatchError(f"unknown parameter(s) {unknown}: no notebook declares them "
                          f"(declared: {sorted(declared)})")
-    params = {p.name: parameters_for(p, profile, out_dir, overrides or {}) for p in todo}
+    params = {p.name: parameters_for(p, profile, out_dir, overrides or {}, build_dir) for p in todo}
     problems = [problem for p in todo if (problem := check_parameters(p, params[p.name]))]
     if problems:
         raise BatchError("bad parameters; no notebook was started:\n" + "\n".join(problems))

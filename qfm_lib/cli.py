@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "finetune":
         return _finetune(args)
 
+    from .images import MIN_SIDE
     from .predict import DEFAULT_MAX_SIDE, DEFAULT_MODEL, expand_paths, predict_images
 
     max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
-    if max_side < 0:
-        pred.error(f"--max-side must be >= 0, got {max_side}")
+    if max_side != 0 and max_side < MIN_SIDE:  # smaller, every image would fail on its own row
+        pred.error(f"--max-side must be 0 (native resolution) or at least {MIN_SIDE} pixels, got {max_side}")
     if args.output != "-" and (problem := _unwritable(Path(args.output))):
         print(f"qfm predict: cannot write {args.output} ({problem}); nothing was scored", file=sys.stderr)
         return 2
@@ -166,8 +167,12 @@ def _yes_or_no(value: str) -> bool:
 
 def _finetune(args) -> int:
     import re
+    from dataclasses import asdict
+
+    import torch
 
     from .backbones import WeightsUnavailableError
+    from .cache import atomic_write, digest
     from .finetune import FinetuneConfig, finetune_study
 
     out = Path(args.output_dir)
@@ -179,19 +184,36 @@ def _finetune(args) -> int:
         return 2
     try:
         cfg = FinetuneConfig(**{f: getattr(args, f) for f in FinetuneConfig().__dict__})
-        rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
-                                          score_test=not args.validation_only, lr_grid=args.lr_grid)
-    except (ValueError, FloatingPointError, WeightsUnavailableError) as err:
+    except ValueError as err:
         print(f"qfm finetune: {err}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    # every setting of the run is in the name (readable, then a digest of all), so no run overwrites another's rows
+    settings = {**asdict(cfg), "dataset": args.dataset, "backbone": args.backbone, "splits": args.splits,
+                "n_images": args.n_images, "lr_grid": list(args.lr_grid), "validation_only": args.validation_only}
     stem = "_".join([args.dataset, args.backbone, re.sub(r"[^a-z0-9]+", "_", cfg.start.lower()).strip("_"),
                      "lr" + ("-".join(f"{lr:g}" for lr in args.lr_grid) if args.lr_grid else f"{cfg.lr:g}")]
-                    + (["validation_only"] if args.validation_only else []))
-    rows.to_csv(out / f"{stem}_rows.csv", index=False)
+                    + (["validation_only"] if args.validation_only else []) + [digest(settings)[:8]])
+    partial = out / f"{stem}_rows.partial.csv"  # the splits this run has done, until _rows.csv holds them all
+    saved = []
+
+    def save(table, path: Path) -> None:
+        atomic_write(path, lambda fh: table.to_csv(fh, index=False), "w")
+        saved.append(path)
+
+    try:
+        rows, comparison = finetune_study(args.dataset, args.backbone, args.splits, cfg, n_images=args.n_images,
+                                          score_test=not args.validation_only, lr_grid=args.lr_grid,
+                                          on_split=lambda done: save(done, partial))
+    except (ValueError, FloatingPointError, WeightsUnavailableError, torch.cuda.OutOfMemoryError) as err:
+        hint = "; a smaller --batch-images needs less" if isinstance(err, torch.cuda.OutOfMemoryError) else ""
+        kept = f"; the rows of the splits done are in {partial}" if saved else ""
+        print(f"qfm finetune: {err}{hint}{kept}", file=sys.stderr)
+        return 2
+    save(rows, out / f"{stem}_rows.csv")
+    partial.unlink(missing_ok=True)
     print(rows.groupby("variant", sort=False)[["plcc", "srcc", "val_score", "fit_seconds"]].median().round(4))
     if comparison is not None:
-        comparison.to_csv(out / f"{stem}_comparison.csv", index=False)
+        save(comparison, out / f"{stem}_comparison.csv")
         print(comparison.round(4).to_string(index=False))
     print(f"written to {out}/{stem}_*.csv")
     return 0

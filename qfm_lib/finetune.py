@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -232,15 +232,21 @@ def finetune_split(start: TrainedDecoder, backbone: Backbone, images: list[torch
 
 def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: FinetuneConfig,
                    n_images: int | None = None, progress: bool = True,
-                   score_test: bool = True, lr_grid: Sequence[float] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                   score_test: bool = True, lr_grid: Sequence[float] = (),
+                   on_split: Callable[[pd.DataFrame], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """finetune_split on each split, beside the start variant's own row. Returns one row per (variant,
     split) in the protocol's columns, the fine-tuned variant named "<start>, fine-tuned", and, with two
     splits or more, the paired comparison of the fine-tuned rows with the start's (stats.compare).
     score_test False: validation only (every test metric NaN, no comparison), to choose settings.
-    lr_grid: learning rates that each split chooses from on its validation part (else cfg.lr)."""
+    lr_grid: learning rates that each split chooses from on its validation part (else cfg.lr).
+    on_split: called with the rows so far after each split (to save them: a later split that fails,
+    e.g. out of GPU memory, then loses only its own work)."""
     from . import protocol, study
     from . import stats as S
 
+    repeated = sorted({s for s in splits if list(splits).count(s) > 1})
+    if repeated:
+        raise ValueError(f"splits {repeated} are given more than once; each split is fine-tuned once")
     data = study.load_study_data(dataset, backbone_name, n_images=n_images)
     unknown = [s for s in splits if f"split_{s}" not in data.splits.columns]
     if unknown:
@@ -270,6 +276,8 @@ def finetune_study(dataset: str, backbone_name: str, splits: list[int], cfg: Fin
                   f"(lr {tuned['lr']:g}, epoch {tuned['best_epoch']}, {tuned['fit_seconds']:.0f} s)"
                   + (f"; test PLCC/SRCC {frozen['plcc']:.3f}/{frozen['srcc']:.3f} frozen, "
                      f"{tuned['plcc']:.3f}/{tuned['srcc']:.3f} fine-tuned" if score_test else ""))
+        if on_split is not None:
+            on_split(pd.DataFrame(rows))
     rows = pd.DataFrame(rows)
     if len(splits) < 2 or not score_test:
         return rows, None

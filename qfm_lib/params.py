@@ -6,10 +6,13 @@ papermill injected, so any name the schema does not know is an unknown parameter
 """
 from __future__ import annotations
 
+import math
 import os
 import types
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
@@ -37,21 +40,26 @@ def optional_positive_int(name: str, value: Any) -> str | None:
     return None if value is None else positive_int(name, value)
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float that is not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def fraction(name: str, value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not _number(value) or not 0 <= value <= 1:
         return f"{name} must be a number in 0..1, got {value!r}"
     return None
 
 
 def positive_float(name: str, value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return f"{name} must be a positive number, got {value!r}"
+    if not _number(value) or not value > 0:
+        return f"{name} must be a finite positive number, got {value!r}"
     return None
 
 
 def nonneg_float(name: str, value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        return f"{name} must be a number >= 0, got {value!r}"
+    if not _number(value) or not value >= 0:
+        return f"{name} must be a finite number >= 0, got {value!r}"
     return None
 
 
@@ -59,9 +67,14 @@ def text(name: str, value: Any) -> str | None:
     return None if isinstance(value, str) and value else f"{name} must be a non-empty string, got {value!r}"
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 def one_of(*choices: Any) -> Check:
     def check(name: str, value: Any) -> str | None:
-        return None if value in choices else f"{name} must be one of {list(choices)}, got {value!r}"
+        known = any(value == c and _is_bool(value) == _is_bool(c) for c in choices)  # True is not 1
+        return None if known else f"{name} must be one of {list(choices)}, got {value!r}"
     return check
 
 
@@ -87,10 +100,13 @@ def optional(check: Check) -> Check:
 
 
 def setting_grid(name: str, value: Any) -> str | None:
-    """A search grid: {DecoderConfig setting: non-empty list of values}."""
-    from dataclasses import fields
+    """A search grid: {DecoderConfig setting: non-empty list of values}, each combination of which the
+    settings search can set on its variant's config."""
+    import itertools
+    from dataclasses import fields, replace
 
     from .decoder import DecoderConfig
+    from .protocol import TUNING_VARIANT, VARIANTS
 
     if not isinstance(value, dict) or not value:
         return f"{name} must be a non-empty dict of setting -> list of values, got {value!r}"
@@ -100,20 +116,28 @@ def setting_grid(name: str, value: Any) -> str | None:
             return f"{name}: {key!r} is not a decoder setting (DecoderConfig: {settings})"
         if not isinstance(values, (list, tuple)) or not values:
             return f"{name}[{key!r}] must be a non-empty list of values, got {values!r}"
+    base = VARIANTS[TUNING_VARIANT].config
+    for combination in itertools.product(*value.values()):  # as the search sets them
+        setting = dict(zip(value, combination))
+        try:
+            replace(base, **setting)
+        except (TypeError, ValueError) as err:
+            return f"{name}: the setting {setting} is not usable ({err})"
     return None
 
 
 def dataset_name(name: str, value: Any) -> str | None:
     from .data import DATASETS
 
-    return None if value in DATASETS else f"{name} must be a known dataset {sorted(DATASETS)}, got {value!r}"
+    known = isinstance(value, str) and value in DATASETS
+    return None if known else f"{name} must be a known dataset {sorted(DATASETS)}, got {value!r}"
 
 
 def backbone_name(name: str, value: Any) -> str | None:
     """A timm model name (the hub must be reachable for any but the packaged ones)."""
     from .backbones import PACKAGED_WEIGHTS
 
-    if value in PACKAGED_WEIGHTS:
+    if isinstance(value, str) and value in PACKAGED_WEIGHTS:
         return None
     import timm
 
@@ -136,9 +160,10 @@ def writable_folder(name: str, value: Any) -> str | None:
     return None
 
 
-def check_splits(dataset: str, n_splits: int, **indices: int) -> None:
+def check_splits(dataset: str, n_splits: int, committed: dict[str, int] | None = None, **indices: int) -> None:
     """n_splits, and each split index given (e.g. curve_split=0), against the dataset's committed
-    split file; raise ParameterError naming the file."""
+    split file; raise ParameterError naming the file. `committed`: indices that may be any committed
+    split, run or not (e.g. the settings search's, which reads only validation parts)."""
     from .splits import load_splits, split_file
 
     try:
@@ -149,6 +174,9 @@ def check_splits(dataset: str, n_splits: int, **indices: int) -> None:
     limit = min(n_splits, available)
     problems = [f"n_splits {n_splits} exceeds the {available} splits committed in {path}"] if n_splits > available else []
     problems += [f"{k} {v} must be < {limit}, the number of splits run" for k, v in indices.items() if v >= limit]
+    problems += [f"{k} {v} must be < {available}, the number of splits committed in {path}"
+                 for k, v in (committed or {}).items() if v >= available]
+    problems += [f"{k} {v} must be >= 0" for k, v in {**indices, **(committed or {})}.items() if v < 0]
     if problems:
         raise ParameterError("bad notebook parameters:\n  - " + "\n  - ".join(problems))
 

@@ -237,6 +237,9 @@ def test_committed_notebooks_check_their_parameters_up_front():
     nb06 = batch.NOTEBOOK_DIR / "06_results_tables.ipynb"
     params = batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {"baseline": "decoder", "variants": ["ridge"]})
     assert "baseline 'decoder' must be one of the variants run" in batch.check_parameters(nb06, params)
+    assert params["model_dir"] == str(batch.BUILD_DIR / "full" / "models")  # models/ keeps the full run's model
+    assert "model_dir" not in batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {})
+    assert "model_dir" not in batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {"levels": (1, 3)})  # 07's
     params = batch.parameters_for(nb06, "full", batch.out_dir_for("full"), {"model_dir": "../README.md"})
     assert "model_dir '../README.md' is a file" in batch.check_parameters(nb06, params)  # from notebooks/
     for over, problem in [({"scorers": ["nope"]}, "scorers[0] = 'nope' is not one of"),

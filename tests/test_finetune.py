@@ -83,6 +83,57 @@ def test_cli_gives_the_remedy_for_weights_it_cannot_find(capsys, monkeypatch):
     assert "qfm finetune: no weights for 'tf_efficientnet_b0'; use one of" in capsys.readouterr().err
 
 
+def test_a_split_given_twice_is_refused_before_any_work():
+    with pytest.raises(ValueError, match=r"splits \[0\] are given more than once"):
+        finetune_study("livec", "tf_efficientnet_lite0", [0, 1, 0], FinetuneConfig(device="cpu"), progress=False)
+
+
+def test_cli_keeps_the_rows_of_the_splits_done_and_names_each_run_apart(capsys, monkeypatch, tmp_path):
+    """A failure at split 2 (e.g. out of GPU memory) keeps splits 0 and 1; runs of other settings
+    (here --n-images) write other files."""
+    import pandas as pd
+
+    import qfm_lib.finetune as finetune
+    from qfm_lib.cli import main
+
+    def fails_at_the_third_split(dataset, backbone, splits, cfg, n_images=None, score_test=True, lr_grid=(),
+                                 on_split=None):
+        rows = []
+        for split in splits[:2]:
+            rows.append({"variant": "start, fine-tuned", "split": split, "plcc": 0.9})
+            on_split(pd.DataFrame(rows))
+        raise FloatingPointError("split 2: the weights diverged")
+
+    monkeypatch.setattr(finetune, "finetune_study", fails_at_the_third_split)
+    base = ["finetune", "--splits", "0", "1", "2", "--device", "cpu", "--output-dir", str(tmp_path)]
+    assert main(base) == 2
+    (kept,) = tmp_path.glob("*_rows.partial.csv")
+    assert f"split 2: the weights diverged; the rows of the splits done are in {kept}" in capsys.readouterr().err
+    assert list(pd.read_csv(kept)["split"]) == [0, 1]
+    assert main(base + ["--n-images", "40"]) == 2
+    assert len(list(tmp_path.glob("*_rows.partial.csv"))) == 2 and kept.is_file()  # the first run's rows untouched
+    capsys.readouterr()
+
+    def fails_at_once(*args, **kwargs):
+        raise FloatingPointError("split 0: the weights diverged")
+
+    monkeypatch.setattr(finetune, "finetune_study", fails_at_once)
+    assert main(base) == 2
+    assert "the rows of the splits done" not in capsys.readouterr().err  # not the earlier run's file
+
+    def succeeds(dataset, backbone, splits, cfg, n_images=None, score_test=True, lr_grid=(), on_split=None):
+        rows = pd.DataFrame({"variant": "v", "split": [0, 1, 2], "plcc": 0.9, "srcc": 0.8, "val_score": 0.7,
+                             "fit_seconds": 1.0})
+        on_split(rows)
+        return rows, None
+
+    monkeypatch.setattr(finetune, "finetune_study", succeeds)
+    assert main(base) == 0
+    assert len(list(tmp_path.glob("*_rows.partial.csv"))) == 1  # the first run's partial rows are gone, as its rows are whole
+    (whole,) = tmp_path.glob("*_rows.csv")
+    assert whole.name == kept.name.replace(".partial", "") and len(pd.read_csv(whole)) == 3
+
+
 def test_lr_grid_keeps_the_rate_validation_prefers_and_scores_test_once(monkeypatch):
     """Each rate of the grid is fitted; the one whose kept weights score highest on validation (the
     first of a tie) is kept, and only its model scores the test part."""

@@ -78,6 +78,26 @@ def test_params_that_name_datasets_backbones_folders_settings_and_splits(tmp_pat
         P.check_splits("koniq10k", 1)
 
 
+def test_params_of_the_wrong_kind_are_named_not_raised():
+    """Each of these passed, or raised an error that named no parameter, before."""
+    assert "known dataset" in P.dataset_name("dataset", ["livec"])  # was TypeError: unhashable type
+    assert "timm model name" in P.backbone_name("backbone", {"name": "x"})
+    assert P.setting_grid("tune_grid", {"dim": [64, 128]}) is None
+    assert "tune_grid: the setting {'dim': 'abc'} is not usable (DecoderConfig: dim must be a whole number" in \
+        P.setting_grid("tune_grid", {"dim": [64, "abc"]})
+    assert P.setting_grid("tune_grid", {"dim": [96, 192], "heads": [3, 6]}) is None  # each pair divides
+    assert "the setting {'dim': 128, 'heads': 3} is not usable" in P.setting_grid("tune_grid", {"dim": [128], "heads": [3]})
+    assert "must be a finite positive number, got inf" in P.positive_float("noise_sd", float("inf"))
+    assert "must be a finite number >= 0, got nan" in P.nonneg_float("alpha", float("nan"))
+    assert "must be one of [1, 2], got True" in P.one_of(1, 2)("levels", True)
+    assert P.one_of(1, 2)("levels", 2) is None and P.one_of(True, False)("flag", np.bool_(False)) is None
+    P.check_splits("livec", 3, committed={"tune_splits[0]": 9})  # the search may read any committed split
+    with pytest.raises(P.ParameterError, match=r"tune_splits\[1\] 12 must be < 10, the number of splits committed"):
+        P.check_splits("livec", 3, committed={"tune_splits[0]": 0, "tune_splits[1]": 12})
+    with pytest.raises(P.ParameterError, match="curve_split -1 must be >= 0"):
+        P.check_splits("livec", 3, curve_split=-1)
+
+
 def test_knn_quality_reads_train_and_validation_only():
     import pandas as pd
 

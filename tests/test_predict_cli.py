@@ -287,8 +287,10 @@ def test_mean_model_of_a_token_decoder_and_a_crop_model_scores_a_real_photo(tmp_
         predict.load_model(no_crops)  # named with its file when loaded, not at the first image
 
 
-def test_negative_max_side_gets_predicts_usage(capsys):
+@pytest.mark.parametrize("side", ["-1", "31"])
+def test_a_max_side_no_image_could_be_scored_at_gets_predicts_usage(capsys, side):
     with pytest.raises(SystemExit) as stop:
-        cli_main(["predict", "x.png", "--max-side", "-1"])
+        cli_main(["predict", "x.png", "--max-side", side])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and "usage: qfm predict" in err and "--max-side must be >= 0, got -1" in err
+    assert stop.value.code == 2 and "usage: qfm predict" in err
+    assert f"--max-side must be 0 (native resolution) or at least 32 pixels, got {side}" in err
