@@ -1,7 +1,7 @@
 """End-to-end fine-tuning of the backbone under a token decoder: an option for GPU users, not part
-of the batch. On a 2-core CPU a training step took 0.44-0.97 s per 500x500 image in five runs
-(forward and backward pass of Lite0 with its token maps; benchmarks/bench_finetune.py), and one LIVEC
-epoch with its validation took 6.3-6.6 minutes, so ten splits of ten epochs would take about 11 hours.
+of the batch. On a 2-core CPU a training step took 0.43-0.97 s per 500x500 image in six runs
+(forward and backward pass of Lite0 with its token maps; benchmarks/bench_finetune.py), so one LIVEC
+epoch with its validation takes about 5-11 minutes and ten splits of ten epochs about 8-18 hours.
 
 Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): each split starts from the model
 that a protocol variant's row trained on the frozen, cached tokens of that split (default window
@@ -64,7 +64,7 @@ class FinetuneConfig:
             raise ValueError(f"device {self.device!r}: fine-tuning runs on cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: this torch ({torch.__version__}) finds no CUDA GPU; "
-                             f"use --device cpu (slow: about 11 h for ten splits on a 2-core CPU)")
+                             f"use --device cpu (slow: about 8-18 h for ten splits on a 2-core CPU)")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ValueError(f"device {self.device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                              f"numbered from 0")

@@ -252,7 +252,7 @@ def save_model(trained, path: str | Path, backbone: str, weights_sha256: str, sp
 
     def write(fh) -> None:
         torch.save(payload, fh)
-        os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; a model is meant to be shared
+        os.fchmod(fh.fileno(), 0o644)  # a model is meant to be shared, whatever the umask
 
     return atomic_write(path, write)
 
