@@ -178,13 +178,15 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _loadmat_vector(path: Path, key: str) -> np.ndarray:
+def _loadmat_vectors(path: Path, *keys: str) -> list[np.ndarray]:
+    """The variables `keys` of one .mat file, read once, each squeezed to a vector."""
     from scipy.io import loadmat
 
-    data = loadmat(_require(path, key))
-    if key not in data:
-        raise DatasetError(f"{path}: no variable {key!r} (has {[k for k in data if not k.startswith('__')]})")
-    return np.squeeze(data[key])
+    data = loadmat(_require(path, keys[0]))
+    for key in keys:
+        if key not in data:
+            raise DatasetError(f"{path}: no variable {key!r} (has {[k for k in data if not k.startswith('__')]})")
+    return [np.squeeze(data[key]) for key in keys]
 
 
 def _mat_strings(values: np.ndarray) -> list[str]:
@@ -202,9 +204,8 @@ def _convert_live(release: Path, spec: Converter) -> pd.DataFrame:
     dmos.mat holds dmos and orgs (1 = reference image) for the 982 images in folder order
     jp2k, jpeg, wn, gblur, fastfading, each folder's images numbered img1..imgN.
     """
-    dmos = _loadmat_vector(spec.label_path(release), "dmos")
-    orgs = _loadmat_vector(spec.label_path(release), "orgs")
-    refs = _mat_strings(_loadmat_vector(release / "refnames_all.mat", "refnames_all"))
+    dmos, orgs = _loadmat_vectors(spec.label_path(release), "dmos", "orgs")
+    refs = _mat_strings(_loadmat_vectors(release / "refnames_all.mat", "refnames_all")[0])
     rows = []
     for folder in ["jp2k", "jpeg", "wn", "gblur", "fastfading"]:
         n = len(list(_require(release / folder, f"folder {folder}/").glob("img*.bmp")))
@@ -313,9 +314,9 @@ def _convert_livec(release: Path, spec: Converter) -> pd.DataFrame:
     AllStdDev_release.mat and Images/. The first 7 entries are the rater-training images
     (Images/trainingImages), excluded as in every published protocol."""
     data = release / "Data"
-    names = _mat_strings(_loadmat_vector(data / "AllImages_release.mat", "AllImages_release"))
-    mos = _loadmat_vector(spec.label_path(release), "AllMOS_release")
-    std = _loadmat_vector(data / "AllStdDev_release.mat", "AllStdDev_release")
+    names = _mat_strings(_loadmat_vectors(data / "AllImages_release.mat", "AllImages_release")[0])
+    mos = _loadmat_vectors(spec.label_path(release), "AllMOS_release")[0]
+    std = _loadmat_vectors(data / "AllStdDev_release.mat", "AllStdDev_release")[0]
     if not len(names) == len(mos) == len(std):
         raise DatasetError(f"{data}: {len(names)} names, {len(mos)} MOS, {len(std)} std values")
     return pd.DataFrame({"image": names[7:], "mos": mos[7:], "mos_std": std[7:]}, index=range(7, len(names)))

@@ -13,11 +13,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
-def _is_real_number(value) -> bool:
-    """A Python or numpy number that is not a bool (True would otherwise pass as 1)."""
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
 def check_setting_types(cfg) -> None:
     """A clear error, naming the setting, for a field of the dataclass `cfg` whose value is not of its
     default's kind (bool, whole number, number or text), before it fails deep inside training."""
@@ -35,17 +30,17 @@ def check_setting_types(cfg) -> None:
 def check_training_settings(cfg) -> None:
     """A clear error, naming the setting, for the settings of `cfg` (any config dataclass) of the wrong
     kind, and for its optimisation settings that no training can run with."""
-    check_setting_types(cfg)
+    check_setting_types(cfg)  # so the bounds below compare numbers, never bools or text
     for name, least in (("max_epochs", 1), ("patience", 0), ("batch_size", 1), ("batch_images", 1), ("seed", 0)):
         value = getattr(cfg, name, least)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        if value < least:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a whole number >= {least}, got {value!r}")
     for name in ("lr", "weight_decay"):
         value = getattr(cfg, name, 0.0)
-        if not _is_real_number(value) or not np.isfinite(value) or value < 0:
+        if not np.isfinite(value) or value < 0:
             raise ValueError(f"{type(cfg).__name__}: {name} must be a finite number >= 0, got {value!r}")
     dropout = getattr(cfg, "dropout", 0.0)
-    if not _is_real_number(dropout) or not 0 <= dropout < 1:
+    if not 0 <= dropout < 1:
         raise ValueError(f"{type(cfg).__name__}: dropout must be in [0, 1), got {dropout!r}")
 
 
