@@ -101,8 +101,13 @@ def papermill_parameters(path: Path) -> dict:
     return papermill.inspect_notebook(str(path))
 
 
+def build_dir_for(profile: str, build_dir: str | Path | None = None) -> Path:
+    """Where a run of `profile` keeps what git ignores: build_dir if given, else build/<profile>."""
+    return Path(build_dir) if build_dir else BUILD_DIR / profile
+
+
 def out_dir_for(profile: str, build_dir: Path | None = None) -> Path:
-    return FIGURES_DIR if profile == "full" else (build_dir or BUILD_DIR / profile) / "figures"
+    return FIGURES_DIR if profile == "full" else build_dir_for(profile, build_dir) / "figures"
 
 
 def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict, build_dir: Path | None = None) -> dict:
@@ -114,7 +119,7 @@ def parameters_for(path: Path, profile: str, out_dir: Path, overrides: dict, bui
     params = dict(zip(INJECTED, (str(out_dir), profile)))
     params.update(notebook_meta(path).get("profiles", {}).get(profile, {}))
     if profile == "full" and "model_dir" in declared and set(overrides) & set(declared):
-        params["model_dir"] = str((build_dir or BUILD_DIR / profile) / "models")
+        params["model_dir"] = str(build_dir_for(profile, build_dir) / "models")
     params.update({k: v for k, v in overrides.items() if k in declared})
     unknown = [k for k in params if k not in declared]
     if unknown:
@@ -448,7 +453,7 @@ def run_batch(profile: str = "full", only: list[str] | None = None, overrides: d
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise BatchError(f"jobs must be at least 1, got {jobs}")
-    build_dir = Path(build_dir) if build_dir else BUILD_DIR / profile
+    build_dir = build_dir_for(profile, build_dir)
     out_dir = out_dir_for(profile, build_dir)
     executed_dir = build_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
