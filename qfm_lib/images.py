@@ -1,9 +1,10 @@
 """Decoding photos into 8-bit RGB, with clear errors for files that cannot be used.
 
 Convertible modes are handled: grayscale (L, LA, I, I;16, F: scaled to 8 bit from 0..1 for floats that
-stay within 1, else from 0..255 when every value does, else from 0..65535, which 16-bit PNGs always are; an
-integer image whose values all fit in 12 bits is scaled the same way, and comes out dark, with a warning
-once per file; values below 0 or above the scale's top, which clipping would change, raise `ImageError`),
+stay within 1, give or take half an 8-bit level, else from 0..255 when every value does, else from 0..65535,
+which 16-bit PNGs always are; an integer image whose values all fit in 12 bits, or a float image whose largest
+value lies between just above 1 and 2, is scaled the same way and comes out dark, with a warning once per
+file; values below 0 or above the scale's top, which clipping would change, raise `ImageError`),
 palette (P), RGBA (alpha is composited on white, as a viewer would show it), CMYK. A photo's EXIF
 orientation is applied, so it is scored upright, as people see it. Corrupt, truncated, missing, tiny or
 absurdly large files raise `ImageError` naming the file.
@@ -43,8 +44,8 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
         low, peak = float(arr.min()), float(arr.max())  # two passes over what may be a 64-megapixel image
         top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
-        if img.mode == "F" and peak <= 1.0:  # floating-point images usually hold 0..1
-            top = 1.0
+        if img.mode == "F" and peak <= 1.0 + 0.5 / 255:  # floating-point images usually hold 0..1; a rounding
+            top = 1.0                                      # error within half an 8-bit level above 1 is kept
         half_level = 0.5 * top / 255  # what rounding to 8 bits drops anyway (e.g. -1e-6 in a 0..1 image)
         if low < -half_level or peak > top + half_level:  # signed or 32-bit data: clipped, another image
             raise _BadPixels(f"its values run from {low:g} to {peak:g}, outside the 0..{top:g} it would be scaled "
@@ -55,6 +56,11 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
                           f"within 12 bits; it is scaled from 0..65535 (at most {peak / 65535 * 255:.0f} of "
                           "255). If it holds 10- or 12-bit data, rescale it to the full 16 bits first",
                           ImageWarning, stacklevel=3)
+        if img.mode == "F" and top == 255.0 and peak < 2 and name not in _WARNED:
+            _WARNED.add(name)  # a 0..1 image that overshoots 1 (e.g. after sharpening), or a black 0..255 one
+            warnings.warn(f"{name}: a floating-point image whose largest value is {peak:g}, above 1 by more than "
+                          "half an 8-bit level; it is scaled from 0..255, so it comes out black. If it holds "
+                          "0..1 data, clip it to 0..1 first", ImageWarning, stacklevel=3)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

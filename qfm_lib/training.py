@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 def check_setting_types(cfg) -> None:
     """A clear error, naming the setting, for a field of the dataclass `cfg` whose value is not of its
     default's kind (bool, whole number, number or text), before it fails deep inside training."""
-    kinds = ((bool, (bool, np.bool_), "True or False"), (int, numbers.Integral, "a whole number"),
+    bools = (bool, np.bool_)
+    kinds = ((bool, bools, "True or False"), (int, numbers.Integral, "a whole number"),
              (float, numbers.Real, "a number"), (str, str, "text"))
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         for default_type, allowed, what in kinds:
             if isinstance(field.default, default_type):
-                if not isinstance(value, allowed) or (default_type is not bool and isinstance(value, (bool, np.bool_))):
+                if not isinstance(value, allowed) or (default_type is not bool and isinstance(value, bools)):
                     raise ValueError(f"{type(cfg).__name__}: {field.name} must be {what}, got {value!r}")
                 break
 
