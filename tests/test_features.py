@@ -251,7 +251,6 @@ def test_float_images_in_0_1_or_0_255(tmp_path, value, expected):
     assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - expected) <= 1
 
 
-
 def test_float_image_just_above_one(tmp_path):
     """Within half an 8-bit level above 1 it is a 0..1 image with a rounding error, and comes out white;
     further above 1 (but below 2) it is scaled from 0..255, comes out black, and the warning says so."""
@@ -266,6 +265,7 @@ def test_float_image_just_above_one(tmp_path):
     Image.fromarray(np.full((40, 40), 1.05, dtype=np.float32)).save(tmp_path / "overshoot.tif")
     with pytest.warns(ImageWarning, match=r"overshoot\.tif: a floating-point image whose largest value is 1\.05,"):
         assert np.asarray(load_rgb(tmp_path / "overshoot.tif"))[0, 0, 0] == 1
+
 
 def _bad_images(tmp_path):
     good = write_image(tmp_path / "good.png", size=(300, 300))
