@@ -32,6 +32,18 @@ class ImageWarning(UserWarning):
 _WARNED: set[str] = set()  # files already warned about (load_rgb resets Python's own once-per-place record)
 
 
+def _warn_once(name: str, message: str) -> None:
+    """An `ImageWarning` about the file `name`, the first time only, shown at the caller of load_rgb."""
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"{name}: {message}", ImageWarning, stacklevel=4)
+
+
+def _half_level(top: float) -> float:
+    """Half an 8-bit level of a scale running from 0 to `top`: what rounding to 8 bits drops anyway."""
+    return 0.5 * top / 255
+
+
 class _BadPixels(ValueError):
     """Pixel values no 8-bit image can hold (the file decoded)."""
 
@@ -44,23 +56,20 @@ def _to_uint8_rgb(img: Image.Image, name: str = "image") -> Image.Image:
             raise _BadPixels(f"{bad} of its {arr.size} pixels are NaN or infinite")
         low, peak = float(arr.min()), float(arr.max())  # two passes over what may be a 64-megapixel image
         top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
-        if img.mode == "F" and peak <= 1.0 + 0.5 / 255:  # floating-point images usually hold 0..1; a rounding
-            top = 1.0                                      # error within half an 8-bit level above 1 is kept
-        half_level = 0.5 * top / 255  # what rounding to 8 bits drops anyway (e.g. -1e-6 in a 0..1 image)
+        if img.mode == "F" and peak <= 1.0 + _half_level(1.0):  # floats usually hold 0..1 (with rounding errors)
+            top = 1.0
+        half_level = _half_level(top)  # e.g. -1e-6 in a 0..1 image
         if low < -half_level or peak > top + half_level:  # signed or 32-bit data: clipped, another image
             raise _BadPixels(f"its values run from {low:g} to {peak:g}, outside the 0..{top:g} it would be scaled "
                              f"from (mode {img.mode}); rescale it to 0..65535, or to 0..1 in floating point")
-        if top == 65535.0 and img.mode != "F" and 0 < peak < 4096 and name not in _WARNED:
-            _WARNED.add(name)  # 10/12-bit sensor data in a 16-bit file, or a very dark image
-            warnings.warn(f"{name}: an integer image (mode {img.mode}) whose largest value is {peak:.0f}, "
-                          f"within 12 bits; it is scaled from 0..65535 (at most {peak / 65535 * 255:.0f} of "
-                          "255). If it holds 10- or 12-bit data, rescale it to the full 16 bits first",
-                          ImageWarning, stacklevel=3)
-        if img.mode == "F" and top == 255.0 and peak < 2 and name not in _WARNED:
-            _WARNED.add(name)  # a 0..1 image that overshoots 1 (e.g. after sharpening), or a black 0..255 one
-            warnings.warn(f"{name}: a floating-point image whose largest value is {peak:g}, above 1 by more than "
-                          "half an 8-bit level; it is scaled from 0..255, so it comes out black. If it holds "
-                          "0..1 data, clip it to 0..1 first", ImageWarning, stacklevel=3)
+        if top == 65535.0 and img.mode != "F" and 0 < peak < 4096:  # 10/12-bit sensor data, or a very dark image
+            _warn_once(name, f"an integer image (mode {img.mode}) whose largest value is {peak:.0f}, within 12 bits; "
+                       f"it is scaled from 0..65535 (at most {peak / 65535 * 255:.0f} of 255). If it holds 10- or "
+                       "12-bit data, rescale it to the full 16 bits first")
+        if img.mode == "F" and top == 255.0 and peak < 2:  # a 0..1 image that overshoots 1, or a black 0..255 one
+            _warn_once(name, f"a floating-point image whose largest value is {peak:g}, above 1 by more than half "
+                       "an 8-bit level; it is scaled from 0..255, so it comes out black. If it holds 0..1 data, "
+                       "clip it to 0..1 first")
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
